@@ -1,0 +1,46 @@
+# kubeinfer: the two commands that matter are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: venv test test-fast demo proto lint clean cluster-build cluster-up cluster-down bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[cpu,test,operator]'
+	@touch $@
+
+# Regenerates the protocol descriptor set from the .proto sources.
+proto: venv
+	$(PY) -m grpc_tools.protoc -I server/kubeinfer_server/protocol \
+	  --include_imports --descriptor_set_out=server/kubeinfer_server/protocol/inference.binpb \
+	  server/kubeinfer_server/protocol/grpc_service.proto
+
+lint: venv
+	$(VENV)/bin/lint-imports
+
+include hack/cluster.mk
+
+# The whole suite: unit, server, cluster (builds the control plane into ~/.cache/kubeinfer on first use).
+test: venv cluster-build
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything that needs no cluster.
+test-fast: venv
+	$(PY) -m pytest -m "not cluster and not e2e" $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) examples/demo.py
+
+bench: venv
+	$(PY) bench/server_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
