@@ -1,0 +1,147 @@
+"""Build, then start; stop with grace.
+
+``build_server`` binds the ports and returns an unstarted ``Server``.
+``Server.serve`` starts gRPC and HTTP at once (health NOT_SERVING), loads and
+warms up the models in a thread, then turns SERVING. On SIGTERM (or ``stop``)
+health and readiness go false, the gRPC server refuses new calls and every
+accepted request, queued or running, is answered within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from google.protobuf import descriptor_pb2
+
+from kubeinfer_server import http, protocol
+from kubeinfer_server.accesslog import AccessLog
+from kubeinfer_server.config import ServeSettings
+from kubeinfer_server.core import Repository, ServedModel
+from kubeinfer_server.metrics import Metrics
+from kubeinfer_server.model import Model
+from kubeinfer_server.servicer import Identity, InferenceServicer, generic_handler
+from kubeinfer_server.tls import server_credentials
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Server:
+    settings: ServeSettings
+    grpc_server: grpc.aio.Server
+    grpc_port: int
+    metrics: Metrics
+    health: HealthServicer
+    repository: Repository = field(default_factory=lambda: Repository([]))
+    metrics_port: int = 0
+    draining: bool = False
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def ready(self) -> bool:
+        return self.repository.ready and not self.draining
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self, on_ready=None) -> None:
+        await self.grpc_server.start()
+        runner, self.metrics_port = await http.start(
+            http.build_app(self.metrics, self.ready), self.settings.host, self.settings.metrics_port
+        )
+        await self._set_health(NOT_SERVING)
+        try:
+            await asyncio.to_thread(self._load_models)
+            self.repository.start()
+            self.repository.ready = True
+            await self._set_health(SERVING)
+            log.info("Serving %s on gRPC port %d, metrics port %d",
+                     ", ".join(self.repository.models), self.grpc_port, self.metrics_port)
+            if on_ready is not None:
+                on_ready(self)
+            await self._stop.wait()
+            await self._drain()
+        finally:
+            await self.grpc_server.stop(0)
+            await runner.cleanup()
+
+    async def _drain(self) -> None:
+        grace = self.settings.grace_seconds
+        log.info("Draining: refusing new calls, answering accepted ones within %.0fs", grace)
+        self.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        await self.repository.close()
+        log.info("Stopped")
+
+    def _load_models(self) -> None:
+        for source in self.settings.models:
+            model = Model(source.name, source.path, self.settings.model_options)
+            model.warm_up()
+            self.repository.models[source.name] = ServedModel(model, self.settings.batching, self.metrics)
+
+    async def _set_health(self, status) -> None:
+        await self.health.set("", status)
+        await self.health.set(protocol.SERVICE_NAME, status)
+        for source in self.settings.models:
+            await self.health.set(source.name, status)
+
+
+def build_server(settings: ServeSettings) -> Server:
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_seconds:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max(settings.grace_seconds, 1) * 1000)),
+        ]
+    grpc_server = grpc.aio.server(options=options)
+    metrics = Metrics()
+    server = Server(settings, grpc_server, 0, metrics, HealthServicer())
+    identity = Identity(settings.allowed_clients)
+    servicer = InferenceServicer(server.repository, metrics, AccessLog(settings.access_log_sample_rate), identity)
+    grpc_server.add_generic_rpc_handlers((generic_handler(servicer),))
+    health_pb2_grpc.add_HealthServicer_to_server(server.health, grpc_server)
+    _enable_reflection(grpc_server)
+    address = f"{settings.host}:{settings.grpc_port}"
+    if settings.tls is not None:
+        server.grpc_port = grpc_server.add_secure_port(address, server_credentials(settings.tls))
+    else:
+        server.grpc_port = grpc_server.add_insecure_port(address)
+    if server.grpc_port == 0:
+        raise OSError(f"could not bind gRPC port {address}")
+    return server
+
+
+def _enable_reflection(grpc_server: grpc.aio.Server) -> None:
+    # Reflection answers from the private pool; add health and reflection's own files to it.
+    for module in (health_pb2, reflection_pb2):
+        try:
+            protocol.POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            file = descriptor_pb2.FileDescriptorProto()
+            module.DESCRIPTOR.CopyToProto(file)
+            protocol.POOL.Add(file)
+    names = (protocol.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, grpc_server, pool=protocol.POOL)
+
+
+async def run(settings: ServeSettings) -> None:
+    server = build_server(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stop)
+    await server.serve()

@@ -1,0 +1,233 @@
+"""The transport-agnostic serving core.
+
+``ServedModel`` validates a request against the model's signature, queues it
+on the model's batcher and turns a batch into one ONNX Runtime run: one
+concatenate per input, the run in a worker thread, outputs split back as views.
+``Repository`` holds the served models and the server's readiness. The gRPC
+servicer is a thin adapter over these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from kubeinfer_server import tensors
+from kubeinfer_server.batcher import Batcher, BatchingConfig, Pending
+from kubeinfer_server.errors import InvalidInput, ModelNotFound, NotReady
+from kubeinfer_server.metrics import Metrics
+from kubeinfer_server.model import Model, TensorSpec
+from kubeinfer_server.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+MODEL_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class InputTensor:
+    """One request input as it came off the wire: raw bytes or typed values."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes | None = None
+    values: Sequence | None = None
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model: str
+    version: str
+    inputs: list[InputTensor]
+    outputs: tuple[str, ...] = ()  # empty: every output
+    deadline: float | None = None  # time.monotonic() seconds
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    outputs: list[tuple[TensorSpec, np.ndarray]]
+    batch_rows: int  # rows in the batch this request ran in
+
+
+@dataclass(slots=True)
+class _Payload:
+    feeds: dict[str, np.ndarray]
+    rows: int
+
+
+class ServedModel:
+    def __init__(self, model: Model, batching: BatchingConfig, metrics: Metrics) -> None:
+        self.model = model
+        self.name = model.name
+        if not model.batchable and batching.max_batch_size:
+            log.info("Model %s has a fixed first dimension: batching is off for it", model.name)
+            batching = BatchingConfig(0, batching.max_queue_delay_us, (), batching.max_queue_size,
+                                      batching.instances)
+        self.batching = batching
+        self.stats = ModelStats()
+        self._metrics = metrics
+        self._free_instances = list(range(batching.instances))
+        self._pool = ThreadPoolExecutor(batching.instances, thread_name_prefix=f"ort-{model.name}")
+        self._inputs = {spec.name: spec for spec in model.inputs}
+        self.batcher = Batcher(batching, self._execute, listener=self)
+        self._executing_requests = 0
+        self._queue_hist = metrics.queue_duration.labels(model.name)
+        self._compute_hist = metrics.compute_duration.labels(model.name)
+        self._batch_hist = metrics.batch_size.labels(model.name)
+        metrics.queue_waiting.labels(model.name).set_function(lambda: self.batcher.waiting)
+        metrics.queue_depth.labels(model.name).set_function(
+            lambda: self.batcher.waiting + self._executing_requests
+        )
+        metrics.model_info.labels(model.name, ",".join(model.providers), str(batching.instances)).set(1)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batching.max_batch_size
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self._pool.shutdown(wait=True)
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        feeds, rows = self._decode(request.inputs)
+        selected = self._select_outputs(request.outputs)
+        outputs, batch_rows = await self.batcher.submit(_Payload(feeds, rows), rows, request.deadline)
+        return InferResult([(self.model.outputs[i], outputs[i]) for i in selected], batch_rows)
+
+    def _decode(self, inputs: list[InputTensor]) -> tuple[dict[str, np.ndarray], int]:
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in inputs:
+            spec = self._inputs.get(tensor.name)
+            if spec is None:
+                raise InvalidInput(f"unknown input '{tensor.name}'; the model expects {self._signature()}")
+            if tensor.name in feeds:
+                raise InvalidInput(f"input '{tensor.name}' is given twice")
+            feeds[tensor.name] = self._decode_one(spec, tensor)
+        missing = [name for name in self._inputs if name not in feeds]
+        if missing:
+            raise InvalidInput(f"missing input '{missing[0]}'; the model expects {self._signature()}")
+        if self.batching.max_batch_size == 0:
+            return feeds, 1
+        rows = {array.shape[0] for array in feeds.values()}
+        if len(rows) != 1:
+            raise InvalidInput(f"inputs disagree on the batch dimension: {sorted(rows)}")
+        return feeds, rows.pop()
+
+    def _decode_one(self, spec: TensorSpec, tensor: InputTensor) -> np.ndarray:
+        if tensor.datatype != spec.datatype.name:
+            raise InvalidInput(
+                f"input '{tensor.name}' is {tensor.datatype} but the model expects {spec.datatype.name}"
+            )
+        shape = tensor.shape
+        if len(shape) != len(spec.shape) or any(
+            d < 0 or (want != -1 and d != want) for d, want in zip(shape, spec.shape)
+        ):
+            raise InvalidInput(
+                f"input '{tensor.name}' has shape {list(shape)}; the model expects {list(spec.shape)} "
+                "(-1: any size)"
+            )
+        if tensor.raw is not None:
+            return tensors.decode_raw(tensor.name, spec.datatype, shape, tensor.raw)
+        return tensors.decode_typed(tensor.name, spec.datatype, shape, tensor.values or ())
+
+    def _select_outputs(self, names: tuple[str, ...]) -> list[int]:
+        if not names:
+            return list(range(len(self.model.outputs)))
+        index = self.model.output_index
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            known = ", ".join(index)
+            raise InvalidInput(f"unknown output '{unknown[0]}'; the model's outputs are {known}")
+        return [index[n] for n in names]
+
+    def _signature(self) -> str:
+        return ", ".join(f"{s.name} ({s.datatype.name} {list(s.shape)})" for s in self.model.inputs)
+
+    async def _execute(self, payloads: Sequence[_Payload]) -> list:
+        instance = self._free_instances.pop()
+        self._executing_requests += len(payloads)
+        loop = asyncio.get_running_loop()
+        try:
+            results, rows, timings = await loop.run_in_executor(
+                self._pool, self._run_batch, instance, payloads
+            )
+        finally:
+            self._free_instances.append(instance)
+            self._executing_requests -= len(payloads)
+        self.stats.record_batch(rows, len(payloads), timings)
+        self._compute_hist.observe(sum(timings))
+        self._batch_hist.observe(rows)
+        return results
+
+    def _run_batch(self, instance: int, payloads: Sequence[_Payload]):
+        """Runs in a worker thread: concatenate once, run once, split into views."""
+        start = time.perf_counter()
+        if len(payloads) == 1:
+            feeds = payloads[0].feeds
+        else:
+            feeds = {name: np.concatenate([p.feeds[name] for p in payloads]) for name in self._inputs}
+        concatenated = time.perf_counter()
+        outputs = self.model.run(instance, feeds)
+        ran = time.perf_counter()
+        rows = sum(p.rows for p in payloads)
+        if len(payloads) == 1:
+            results = [(outputs, rows)]
+        else:
+            results, offset = [], 0
+            for p in payloads:
+                results.append(([out[offset : offset + p.rows] for out in outputs], rows))
+                offset += p.rows
+        done = time.perf_counter()
+        return results, rows, (concatenated - start, ran - concatenated, done - ran)
+
+    # Listener: called by the batcher on the event loop.
+    def dispatched(self, batch: Sequence[Pending], now: float) -> None:
+        for pending in batch:
+            waited = now - pending.enqueued_at
+            self.stats.queue.add(waited)
+            self._queue_hist.observe(waited)
+
+    def dropped(self, pending: Pending) -> None:
+        self.stats.fail.add(time.monotonic() - pending.enqueued_at)
+
+
+class Repository:
+    """The served models, by name, and whether the server takes work."""
+
+    def __init__(self, models: list[ServedModel]) -> None:
+        self.models = {m.name: m for m in models}
+        self.ready = False
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            names = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"model '{name}' is not served here; served models: {names}")
+        if version not in ("", MODEL_VERSION):
+            raise ModelNotFound(
+                f"model '{name}' has no version '{version}'; the served version is {MODEL_VERSION}"
+            )
+        return served
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        if not self.ready:
+            raise NotReady("the server is not ready (starting up or draining)")
+        return await self.get(request.model, request.version).infer(request)
+
+    def start(self) -> None:
+        for served in self.models.values():
+            served.start()
+
+    async def close(self) -> None:
+        self.ready = False
+        await asyncio.gather(*(m.close() for m in self.models.values()))

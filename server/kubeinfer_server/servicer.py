@@ -1,0 +1,252 @@
+"""``inference.GRPCInferenceService`` over grpc.aio: a thin adapter.
+
+Converts protobuf messages to the core's domain values and back; domain
+errors map to status codes in ``STATUS_BY_ERROR``. Anything else becomes
+INTERNAL with a generic message and a logged traceback. Outputs always travel
+in ``raw_output_contents`` (what perf_analyzer and tritonclient expect).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from kubeinfer_server import __version__, errors, protocol, tensors
+from kubeinfer_server.accesslog import AccessLog
+from kubeinfer_server.core import MODEL_VERSION, InferRequest, InputTensor, Repository, ServedModel
+from kubeinfer_server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[errors.ServingError], grpc.StatusCode] = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.NotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "statistics", "schedule_policy"]
+TYPED_FIELDS = {t.name: t.contents_field for t in tensors.BY_NAME.values()}
+_Msg = protocol.message
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    for cls, code in STATUS_BY_ERROR.items():
+        if isinstance(exc, cls):
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
+
+
+class Identity:
+    """Who is calling: the verified client certificate CN, and whether it may."""
+
+    def __init__(self, allowed: frozenset[str]) -> None:
+        self.allowed = allowed
+
+    def of(self, context) -> str:
+        auth = context.auth_context()
+        names = auth.get("x509_common_name")
+        client = names[0].decode() if names else "anonymous"
+        if self.allowed and client not in self.allowed:
+            raise errors.PermissionDenied(
+                f"client '{client}' is not allowed to call this server (allowed: {', '.join(sorted(self.allowed))})"
+            )
+        return client
+
+
+def decode_request(msg) -> InferRequest:
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise errors.InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(msg.inputs)} inputs; send one per input, in order"
+        )
+    inputs = []
+    for i, tensor in enumerate(msg.inputs):
+        shape = tuple(tensor.shape)
+        if raw:
+            inputs.append(InputTensor(tensor.name, tensor.datatype, shape, raw=raw[i]))
+        else:
+            field = TYPED_FIELDS.get(tensor.datatype)
+            if field is None:
+                raise errors.InvalidInput(f"input '{tensor.name}': unknown datatype '{tensor.datatype}'")
+            inputs.append(InputTensor(tensor.name, tensor.datatype, shape, values=getattr(tensor.contents, field)))
+    return InferRequest(
+        model=msg.model_name,
+        version=msg.model_version,
+        inputs=inputs,
+        outputs=tuple(o.name for o in msg.outputs),
+    )
+
+
+def encode_response(msg, served: ServedModel, result) -> object:
+    response = protocol.ModelInferResponse(model_name=served.name, model_version=MODEL_VERSION, id=msg.id)
+    for spec, array in result.outputs:
+        response.outputs.add(name=spec.name, datatype=spec.datatype.name, shape=array.shape)
+        response.raw_output_contents.append(tensors.encode(array, spec.datatype))
+    return response
+
+
+class InferenceServicer:
+    def __init__(self, repository: Repository, metrics: Metrics, access_log: AccessLog,
+                 identity: Identity) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.access_log = access_log
+        self.identity = identity
+
+    # --- health and metadata -------------------------------------------------
+    async def ServerLive(self, request, context):
+        return _Msg("ServerLiveResponse")(live=True)
+
+    async def ServerReady(self, request, context):
+        return _Msg("ServerReadyResponse")(ready=self.repository.ready)
+
+    async def ModelReady(self, request, context):
+        try:
+            self.repository.get(request.name, request.version)
+        except errors.ModelNotFound:
+            return _Msg("ModelReadyResponse")(ready=False)
+        return _Msg("ModelReadyResponse")(ready=self.repository.ready)
+
+    async def ServerMetadata(self, request, context):
+        return _Msg("ServerMetadataResponse")(name="kubeinfer", version=__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):
+        served = await self._model(request, context)
+        model = served.model
+        response = _Msg("ModelMetadataResponse")(name=served.name, versions=[MODEL_VERSION], platform="onnxruntime_onnx")
+        for specs, target in ((model.inputs, response.inputs), (model.outputs, response.outputs)):
+            for spec in specs:
+                target.add(name=spec.name, datatype=spec.datatype.name, shape=spec.shape)
+        response.parameters["execution_providers"].string_param = ",".join(model.providers)
+        return response
+
+    async def ModelConfig(self, request, context):
+        served = await self._model(request, context)
+        model, batched = served.model, served.max_batch_size > 0
+        config = _Msg("ModelConfig")(name=served.name, platform="onnxruntime_onnx", backend="onnxruntime",
+                                      max_batch_size=served.max_batch_size)
+        for spec in model.inputs:
+            config.input.add(name=spec.name, data_type=_config_type(spec), dims=spec.shape[1:] if batched else spec.shape)
+        for spec in model.outputs:
+            config.output.add(name=spec.name, data_type=_config_type(spec), dims=spec.shape[1:] if batched else spec.shape)
+        kind = 1 if model.providers[0] != "CPUExecutionProvider" else 2
+        config.instance_group.add(name=served.name, count=served.batching.instances, kind=kind)
+        if batched:
+            config.dynamic_batching.preferred_batch_size.extend(served.batching.preferred_batch_sizes)
+            config.dynamic_batching.max_queue_delay_microseconds = served.batching.max_queue_delay_us
+        config.parameters["execution_providers"].string_value = ",".join(model.providers)
+        return _Msg("ModelConfigResponse")(config=config)
+
+    async def ModelStatistics(self, request, context):
+        if request.name:
+            models = [await self._model(request, context)]
+        else:
+            models = list(self.repository.models.values())
+        response = _Msg("ModelStatisticsResponse")()
+        for served in models:
+            _fill_statistics(response.model_stats.add(), served)
+        return response
+
+    async def RepositoryIndex(self, request, context):
+        response = _Msg("RepositoryIndexResponse")()
+        state = "READY" if self.repository.ready else "UNAVAILABLE"
+        for name in sorted(self.repository.models):
+            response.models.add(name=name, version=MODEL_VERSION, state=state)
+        return response
+
+    # --- inference --------------------------------------------------------------
+    async def ModelInfer(self, request, context):
+        response, code, message = await self._infer(request, context)
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)
+        return response
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        async for request in request_iterator:
+            response, code, message = await self._infer(request, context)
+            if code is grpc.StatusCode.OK:
+                yield _Msg("ModelStreamInferResponse")(infer_response=response)
+            else:
+                yield _Msg("ModelStreamInferResponse")(
+                    error_message=message,
+                    infer_response=protocol.ModelInferResponse(model_name=request.model_name, id=request.id),
+                )
+
+    async def _infer(self, msg, context):
+        start = time.monotonic()
+        client, batch_rows, response = "anonymous", 0, None
+        try:
+            client = self.identity.of(context)
+            request = decode_request(msg)
+            remaining = context.time_remaining()
+            request.deadline = start + remaining if remaining is not None else None
+            served = self.repository.get(request.model, request.version)
+            result = await served.infer(request)
+            batch_rows = result.batch_rows
+            response = encode_response(msg, served, result)
+            code, message = grpc.StatusCode.OK, ""
+        except Exception as exc:
+            code, message = status_of(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("Failed request %r for model %r", msg.id, msg.model_name)
+        self._account(msg.model_name, client, code, time.monotonic() - start, batch_rows)
+        return response, code, message
+
+    def _account(self, model: str, client: str, code: grpc.StatusCode, seconds: float, batch_rows: int) -> None:
+        served = self.repository.models.get(model)
+        label = model if served is not None else "unknown"
+        self.metrics.requests.labels(label, code.name, client).inc()
+        if served is not None:
+            self.metrics.request_duration.labels(label).observe(seconds)
+            (served.stats.success if code is grpc.StatusCode.OK else served.stats.fail).add(seconds)
+        self.access_log.record(model, client, code.name, seconds, batch_rows)
+
+    async def _model(self, request, context) -> ServedModel:
+        try:
+            self.identity.of(context)
+            return self.repository.get(request.name, request.version)
+        except errors.ServingError as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+
+
+def _config_type(spec) -> int:
+    name = "STRING" if spec.datatype.name == "BYTES" else spec.datatype.name
+    return protocol.POOL.FindEnumTypeByName("inference.DataType").values_by_name[f"TYPE_{name}"].number
+
+
+def _fill_statistics(out, served: ServedModel) -> None:
+    stats = served.stats
+    out.name, out.version = served.name, MODEL_VERSION
+    out.last_inference = stats.last_inference_ms
+    out.inference_count = stats.inference_count
+    out.execution_count = stats.execution_count
+    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        duration = getattr(stats, field)
+        target = getattr(out.inference_stats, field)
+        target.count, target.ns = duration.count, duration.ns
+    for size in sorted(stats.batches):
+        batch = stats.batches[size]
+        entry = out.batch_stats.add(batch_size=size)
+        for field in ("compute_input", "compute_infer", "compute_output"):
+            duration = getattr(batch, field)
+            getattr(entry, field).count, getattr(entry, field).ns = duration.count, duration.ns
+
+
+def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """Method handlers for every RPC in the service descriptor that the servicer implements."""
+    handlers = {}
+    for method in protocol.SERVICE.methods:
+        request_cls = protocol.message(method.input_type.name)
+        response_cls = protocol.message(method.output_type.name)
+        behaviour = getattr(servicer, method.name)
+        factory = grpc.stream_stream_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = factory(
+            behaviour, request_deserializer=request_cls.FromString, response_serializer=response_cls.SerializeToString
+        )
+    return grpc.method_handlers_generic_handler(protocol.SERVICE_NAME, handlers)
