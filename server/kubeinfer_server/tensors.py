@@ -3,7 +3,8 @@
 Maps OIP datatype names to numpy dtypes and ONNX Runtime type strings, decodes
 request tensors (raw bytes or typed contents) into numpy arrays and encodes
 outputs into raw bytes. BYTES elements travel as a 4-byte little-endian length
-followed by the bytes. No gRPC or protobuf import: callers hand in plain values.
+followed by the bytes; ONNX string tensors are UTF-8 text, so BYTES inputs
+decode to ``str``. No gRPC or protobuf import: callers hand in plain values.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _decode_bytes(name: str, shape: tuple[int, ...], count: int, raw: bytes) -> 
         offset += 4
         if offset + length > len(raw):
             raise InvalidInput(f"input '{name}': BYTES element of {length} bytes runs past the content")
-        items.append(raw[offset : offset + length])
+        items.append(_text(name, raw[offset : offset + length]))
         offset += length
     if offset != len(raw):
         raise InvalidInput(
@@ -104,12 +105,20 @@ def decode_typed(name: str, datatype: Datatype, shape: tuple[int, ...], values) 
         )
     if datatype.name == "BYTES":
         array = np.empty(count, dtype=object)
-        array[:] = list(values)
+        array[:] = [_text(name, v) for v in values]
         return array.reshape(shape)
     try:
         return np.asarray(values, dtype=datatype.dtype).reshape(shape)
     except OverflowError:
         raise InvalidInput(f"input '{name}': a value is out of range for {datatype.name}") from None
+
+
+def _text(name: str, data: bytes) -> str:
+    # ONNX string tensors hold UTF-8 text; ONNX Runtime takes them as str.
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input '{name}': BYTES elements must be UTF-8 text for ONNX string tensors") from None
 
 
 def encode(array: np.ndarray, datatype: Datatype) -> bytes:

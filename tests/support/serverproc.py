@@ -1,0 +1,87 @@
+"""A real ``kubeinfer-server serve`` process on loopback, for the server tests.
+
+``ServerProcess`` starts the console script with port 0 for both ports, waits
+(with a deadline) for the line that names the bound ports, and stops the
+process with SIGTERM (then SIGKILL) so nothing outlives a test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent / "kubeinfer-server"
+READY = re.compile(r"Serving .* on gRPC port (\d+), metrics port (\d+)")
+
+
+class ServerProcess:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0) -> None:
+        self.args = ["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(tempfile.mkstemp(prefix="kubeinfer-server-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+        self.grpc_port = self.metrics_port = 0
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def start(self) -> "ServerProcess":
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([str(BIN), *self.args], stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            match = READY.search(self.log())
+            if match:
+                self.grpc_port, self.metrics_port = int(match[1]), int(match[2])
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kubeinfer-server exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"kubeinfer-server did not become ready in {self.startup_timeout}s:\n{self.log()}")
+
+    def terminate(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``kubeinfer-server ARGS`` to completion and capture its output."""
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})

@@ -1,0 +1,249 @@
+"""The dynamic batcher, without gRPC or ONNX Runtime.
+
+Covers: the pure dispatch policy (an idle model dispatches at once, a busy one
+waits for company until max batch size, a preferred size or the queue delay;
+multi-row requests are never split; no batching when max_batch_size is 0);
+the asyncio loop driven by a controllable clock (requests merge into one
+execution and each gets exactly its own result; a full queue refuses with
+QueueFull; a request whose deadline passed is dropped before compute; a
+request too large for the batch is refused; a failed batch fails every
+request in it, and one bad request fails alone; close drains the queue).
+"""
+
+import asyncio
+
+import pytest
+
+from kubeinfer_server.batcher import Batcher, BatchingConfig, Plan, plan
+from kubeinfer_server.errors import DeadlineExpired, InvalidInput, NotReady, QueueFull
+
+CFG = BatchingConfig(max_batch_size=8, max_queue_delay_us=1000, preferred_batch_sizes=(), instances=2)
+
+
+def test_idle_model_dispatches_a_lone_request_at_once():
+    assert plan([1], oldest_wait_s=0.0, busy=0, config=CFG) == Plan(1)
+
+
+def test_busy_model_waits_for_company_until_the_delay():
+    decision = plan([1, 1], oldest_wait_s=0.0004, busy=1, config=CFG)
+    assert decision.take == 0
+    assert decision.wait_s == pytest.approx(0.0006)
+    assert plan([1, 1], oldest_wait_s=0.001, busy=1, config=CFG) == Plan(2)
+
+
+def test_full_batch_leaves_without_waiting():
+    assert plan([3, 3, 2, 1], oldest_wait_s=0.0, busy=1, config=CFG) == Plan(3)
+
+
+def test_multi_row_requests_are_never_split():
+    # 5 + 4 > 8: the second request waits for the next batch.
+    assert plan([5, 4], oldest_wait_s=0.0, busy=1, config=CFG) == Plan(1)
+
+
+def test_preferred_batch_size_leaves_early():
+    cfg = BatchingConfig(max_batch_size=8, max_queue_delay_us=1000, preferred_batch_sizes=(4,), instances=2)
+    assert plan([2, 2], oldest_wait_s=0.0, busy=1, config=cfg) == Plan(2)
+    assert plan([2, 1], oldest_wait_s=0.0, busy=1, config=cfg).take == 0
+
+
+def test_largest_preferred_size_is_chosen_when_the_queue_is_full():
+    cfg = BatchingConfig(max_batch_size=8, max_queue_delay_us=1000, preferred_batch_sizes=(2, 4), instances=1)
+    assert plan([1, 1, 2, 3, 1], oldest_wait_s=0.0, busy=0, config=cfg) == Plan(3)
+
+
+def test_every_instance_busy_means_no_dispatch():
+    assert plan([8], oldest_wait_s=5.0, busy=2, config=CFG).take == 0
+
+
+def test_no_batching_takes_one_request():
+    cfg = BatchingConfig(max_batch_size=0, instances=1)
+    assert plan([1, 1, 1], oldest_wait_s=0.0, busy=0, config=cfg) == Plan(1)
+
+
+def test_config_rejects_a_preferred_size_above_max():
+    with pytest.raises(ValueError, match="preferred batch sizes"):
+        BatchingConfig(max_batch_size=4, preferred_batch_sizes=(8,))
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """An execute function: doubles each payload list, remembers every batch, can be held."""
+
+    def __init__(self, fail_with: Exception | None = None) -> None:
+        self.batches: list[list] = []
+        self.fail_with = fail_with
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, payloads):
+        self.batches.append(list(payloads))
+        await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        return [ValueError(f"bad {p}") if p == "bad" else [x * 2 for x in p] for p in payloads]
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, timeout=10))
+
+
+def test_requests_arriving_while_busy_merge_and_split_exactly():
+    async def scenario():
+        execute = Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=8, max_queue_delay_us=10**9, instances=1), execute,
+                          clock=Clock())
+        batcher.start()
+        execute.gate.clear()
+        first = asyncio.ensure_future(batcher.submit([1], rows=1))
+        await _settle()  # the idle model takes the first request alone, and is now busy
+        rest = [asyncio.ensure_future(batcher.submit([i, i], rows=2)) for i in range(2, 6)]
+        await _settle()
+        assert batcher.waiting == 4 and batcher.executing == 1
+        execute.gate.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return execute.batches, results
+
+    batches, results = run(scenario())
+    assert batches == [[[1]], [[2, 2], [3, 3], [4, 4], [5, 5]]]
+    assert results == [[2], [4, 4], [6, 6], [8, 8], [10, 10]]
+
+
+def test_queue_delay_expiry_dispatches_a_partial_batch():
+    async def scenario():
+        clock, execute = Clock(), Recorder()
+        cfg = BatchingConfig(max_batch_size=8, max_queue_delay_us=500, instances=2)
+        batcher = Batcher(cfg, execute, clock=clock)
+        batcher.start()
+        execute.gate.clear()
+        busy = asyncio.ensure_future(batcher.submit([0], rows=1))
+        await _settle()
+        waiting = asyncio.ensure_future(batcher.submit([1], rows=1))
+        await _settle()
+        assert len(execute.batches) == 1  # a second instance is free, but the request waits for company
+        clock.now += 0.0005
+        batcher._changed.set()  # the loop's timer would fire now; wake it by hand
+        await _settle()
+        assert len(execute.batches) == 2
+        execute.gate.set()
+        await asyncio.gather(busy, waiting)
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_full_queue_refuses_with_queue_full():
+    async def scenario():
+        execute = Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=1, max_queue_size=2, instances=1), execute, clock=Clock())
+        batcher.start()
+        execute.gate.clear()
+        running = asyncio.ensure_future(batcher.submit([0], rows=1))
+        await _settle()
+        queued = [asyncio.ensure_future(batcher.submit([i], rows=1)) for i in (1, 2)]
+        await _settle()
+        with pytest.raises(QueueFull, match="queue is full"):
+            await batcher.submit([3], rows=1)
+        execute.gate.set()
+        await asyncio.gather(running, *queued)
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_expired_deadline_is_dropped_before_compute():
+    async def scenario():
+        clock, execute = Clock(), Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=clock)
+        batcher.start()
+        execute.gate.clear()
+        running = asyncio.ensure_future(batcher.submit([0], rows=1))
+        await _settle()
+        late = asyncio.ensure_future(batcher.submit([1], rows=1, deadline=clock.now + 0.01))
+        on_time = asyncio.ensure_future(batcher.submit([2], rows=1, deadline=clock.now + 60))
+        await _settle()
+        clock.now += 1.0
+        execute.gate.set()
+        with pytest.raises(DeadlineExpired):
+            await late
+        assert await on_time == [4]
+        await running
+        await batcher.close()
+        return execute.batches
+
+    batches = run(scenario())
+    assert [1] not in [p for batch in batches for p in batch]
+
+
+def test_request_larger_than_max_batch_is_refused():
+    async def scenario():
+        batcher = Batcher(BatchingConfig(max_batch_size=4), Recorder(), clock=Clock())
+        batcher.start()
+        with pytest.raises(InvalidInput, match="more than the model's max batch size 4"):
+            await batcher.submit([1] * 5, rows=5)
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_failed_batch_fails_every_request_and_bad_request_fails_alone():
+    async def failing():
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), Recorder(RuntimeError("boom")),
+                          clock=Clock())
+        batcher.start()
+        results = await asyncio.gather(batcher.submit([1], 1), batcher.submit([2], 1), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    async def one_bad():
+        execute = Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
+        batcher.start()
+        execute.gate.clear()
+        first = asyncio.ensure_future(batcher.submit([1], 1))
+        await _settle()
+        bad = asyncio.ensure_future(batcher.submit("bad", 1))
+        good = asyncio.ensure_future(batcher.submit([3], 1))
+        await _settle()
+        execute.gate.set()
+        results = await asyncio.gather(first, bad, good, return_exceptions=True)
+        await batcher.close()
+        return results, execute.batches
+
+    assert all(isinstance(r, RuntimeError) for r in run(failing()))
+    results, batches = run(one_bad())
+    assert results[0] == [2] and isinstance(results[1], ValueError) and results[2] == [6]
+    assert batches[1] == ["bad", [3]]  # the bad request shared its batch and failed alone
+
+
+def test_close_answers_queued_requests_then_refuses_new_ones():
+    async def scenario():
+        execute = Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=2, instances=1), execute, clock=Clock())
+        batcher.start()
+        execute.gate.clear()
+        pending = [asyncio.ensure_future(batcher.submit([i], 1)) for i in range(5)]
+        await _settle()
+        closing = asyncio.ensure_future(batcher.close())
+        await _settle()
+        with pytest.raises(NotReady):
+            await batcher.submit([9], 1)
+        execute.gate.set()
+        await closing
+        return await asyncio.gather(*pending)
+
+    assert run(scenario()) == [[0], [2], [4], [6], [8]]
