@@ -198,7 +198,7 @@ class ServedModel:
             self._queue_hist.observe(waited)
 
     def dropped(self, pending: Pending) -> None:
-        self.stats.fail.add(time.monotonic() - pending.enqueued_at)
+        """Nothing to count: the servicer accounts the request's failure where it ends."""
 
 
 class Repository:

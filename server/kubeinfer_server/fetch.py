@@ -35,7 +35,7 @@ def fetch(uri: str, dest: str, sha256: str | None = None, progress_every_s: floa
     digest = hashlib.sha256()
     copied, started, last_report = 0, time.monotonic(), time.monotonic()
     try:
-        with os.fdopen(fd, "wb") as out, fsspec.open(uri, "rb") as src:
+        with os.fdopen(fd, "wb") as out, fsspec.open(uri, "rb", **_open_options(uri)) as src:
             log.info("Fetching %s to %s", uri, dest)
             while chunk := src.read(CHUNK):
                 out.write(chunk)
@@ -47,6 +47,7 @@ def fetch(uri: str, dest: str, sha256: str | None = None, progress_every_s: floa
         got = digest.hexdigest()
         if want is not None and got != want:
             raise FetchError(f"{uri}: sha256 mismatch: expected {want}, got {got}")
+        os.chmod(tmp, _created_file_mode())
         os.replace(tmp, dest)
     except FetchError:
         _remove(tmp)
@@ -59,6 +60,22 @@ def fetch(uri: str, dest: str, sha256: str | None = None, progress_every_s: floa
         raise FetchError(f"{uri}: could not fetch: {type(exc).__name__}: {exc}") from exc
     log.info("Fetched %s (%d bytes, sha256 %s) in %.1fs", uri, copied, got, time.monotonic() - started)
     return got
+
+
+def _open_options(uri: str) -> dict:
+    """http(s): stream the body in one GET. fsspec's default random-access file asks for
+    5 MiB Range requests and fails on servers that do not support Range."""
+    import fsspec.core
+
+    return {"block_size": 0} if fsspec.core.split_protocol(uri)[0] in ("http", "https") else {}
+
+
+def _created_file_mode() -> int:
+    """What ``open(dest, "w")`` would have given: mkstemp's 0600 would hide the model from
+    a serving container that runs as another user than the init container."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _remove(path: str) -> None:

@@ -8,6 +8,7 @@ in ``raw_output_contents`` (what perf_analyzer and tritonclient expect).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -190,6 +191,11 @@ class InferenceServicer:
             batch_rows = result.batch_rows
             response = encode_response(msg, served, result)
             code, message = grpc.StatusCode.OK, ""
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            expired = context.time_remaining() is not None and context.time_remaining() <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            self._account(msg.model_name, client, code, time.monotonic() - start, batch_rows)
+            raise
         except Exception as exc:
             code, message = status_of(exc)
             if code is grpc.StatusCode.INTERNAL:

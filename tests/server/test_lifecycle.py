@@ -1,0 +1,133 @@
+"""Load, overload and shutdown of a real server process.
+
+Covers: under load ``kubeinfer_queue_depth`` counts accepted requests; SIGTERM
+turns readiness off, refuses new connections and answers every accepted
+request (queued or running) before a clean exit; a full queue answers
+RESOURCE_EXHAUSTED (not UNAVAILABLE) while the rest succeed; a request whose
+deadline passes in the queue is dropped before compute (statistics count it
+as failed, never as inferred); with a max connection age, a client that keeps
+calling sees no failures across connection recycling.
+"""
+
+import queue
+import re
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+from support.models import slow
+from support.serverproc import ServerProcess
+
+WIDTH = 1024
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory):
+    return slow(tmp_path_factory.mktemp("slow") / "slow.onnx", width=WIDTH)
+
+
+def _request(rows=1):
+    tensor = tc.InferInput("x", [rows, WIDTH], "FP32")
+    tensor.set_data_from_numpy(np.ones((rows, WIDTH), dtype=np.float32))
+    return [tensor]
+
+
+def _metric(server, name):
+    text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=5).read().decode()
+    match = re.search(rf'^{name}{{model="slow"}} ([0-9.e+]+)$', text, re.M)
+    return float(match[1]) if match else None
+
+
+def _wait_for(predicate, timeout, message):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(message)
+
+
+def _fire(client, count, rows=1, **kwargs):
+    answers: queue.Queue = queue.Queue()
+    for i in range(count):
+        client.async_infer("slow", _request(rows), callback=lambda result, error: answers.put((result, error)),
+                           request_id=str(i), **kwargs)
+    return answers
+
+
+def test_sigterm_drains_every_accepted_request(slow_model):
+    server = ServerProcess(f"--model=slow={slow_model}", "--max-batch-size=4", "--grace-seconds=60",
+                           "--intra-op-threads=1").start()
+    try:
+        client = tc.InferenceServerClient(server.url)
+        answers = _fire(client, 24, rows=4)
+        _wait_for(lambda: (_metric(server, "kubeinfer_queue_depth") or 0) >= 20, 20,
+                  "the queue depth metric never showed the accepted requests")
+        server.terminate()
+        _wait_for(lambda: _readyz(server) == 503, 10, "readiness did not turn off on SIGTERM")
+        with pytest.raises(InferenceServerException):
+            tc.InferenceServerClient(server.url).infer("slow", _request(), client_timeout=5)
+        results = [answers.get(timeout=60) for _ in range(24)]
+        assert [e for _, e in results if e is not None] == []
+        assert sorted(int(r.get_response().id) for r, _ in results) == list(range(24))
+        assert server.wait(60) == 0
+        assert "Draining" in server.log() and "Stopped" in server.log()
+    finally:
+        server.stop()
+
+
+def _readyz(server):
+    try:
+        return urllib.request.urlopen(f"{server.metrics_url}/readyz", timeout=2).status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
+
+
+def test_full_queue_answers_resource_exhausted(slow_model):
+    with ServerProcess(f"--model=slow={slow_model}", "--max-batch-size=1", "--max-queue-size=2",
+                       "--intra-op-threads=1") as server:
+        client = tc.InferenceServerClient(server.url)
+        answers = _fire(client, 16)
+        results = [answers.get(timeout=60) for _ in range(16)]
+        errors = [e for _, e in results if e is not None]
+        assert errors and len(errors) < 16
+        assert {e.status() for e in errors} == {"StatusCode.RESOURCE_EXHAUSTED"}
+        assert "queue is full (2 requests waiting)" in errors[0].message()
+        assert client.infer("slow", _request()).as_numpy("y").shape == (1, WIDTH)
+
+
+def test_expired_deadline_is_dropped_before_compute(slow_model):
+    with ServerProcess(f"--model=slow={slow_model}", "--max-batch-size=1", "--intra-op-threads=1") as server:
+        client = tc.InferenceServerClient(server.url)
+        busy = _fire(client, 12)
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("slow", _request(), client_timeout=0.05)
+        assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert all(e is None for _, e in (busy.get(timeout=60) for _ in range(12)))
+        stats = client.get_inference_statistics("slow", as_json=True)["model_stats"][0]
+        assert int(stats["inference_count"]) == 12, "the expired request must not be computed"
+        assert int(stats["inference_stats"]["fail"]["count"]) >= 1
+
+
+def test_connection_age_recycles_without_failures(tmp_path):
+    from support.models import linear
+
+    model = linear(tmp_path / "linear.onnx")
+    with ServerProcess(f"--model=linear={model}", "--max-connection-age-seconds=0.5",
+                       "--grace-seconds=5") as server:
+        client = tc.InferenceServerClient(server.url)
+        x = tc.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        deadline, calls = time.monotonic() + 2.5, 0
+        while time.monotonic() < deadline:
+            client.infer("linear", [x])
+            calls += 1
+            time.sleep(0.05)
+        assert calls > 10
