@@ -16,7 +16,7 @@ from kubeinfer_server.batcher import BatchingConfig
 from kubeinfer_server.config import ServeSettings, parse_int_list, parse_model, parse_providers
 from kubeinfer_server.errors import ModelLoadError
 from kubeinfer_server.model import ModelOptions
-from kubeinfer_server.tls import TlsFiles
+from kubeinfer_server.tls import TlsError, TlsFiles
 
 log = logging.getLogger("kubeinfer_server")
 
@@ -96,19 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     _fetch_parser(sub)
     args = parser.parse_args(argv)
+    command_parser = sub.choices[args.command]
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "fetch":
-        return _fetch(parser, args)
+        return _fetch(command_parser, args)
     try:
         settings = settings_from_args(args)
     except ValueError as exc:
-        parser.error(str(exc))
+        command_parser.error(str(exc))
     from kubeinfer_server.app import run
 
     try:
         asyncio.run(run(settings))
-    except ModelLoadError as exc:
+    except (ModelLoadError, TlsError, OSError) as exc:
         log.error("Could not start: %s", exc)
         return 1
     return 0

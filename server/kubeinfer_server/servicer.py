@@ -48,15 +48,16 @@ class Identity:
     def __init__(self, allowed: frozenset[str]) -> None:
         self.allowed = allowed
 
-    def of(self, context) -> str:
-        auth = context.auth_context()
-        names = auth.get("x509_common_name")
-        client = names[0].decode() if names else "anonymous"
+    @staticmethod
+    def name(context) -> str:
+        names = context.auth_context().get("x509_common_name")
+        return names[0].decode() if names else "anonymous"
+
+    def check(self, client: str) -> None:
         if self.allowed and client not in self.allowed:
             raise errors.PermissionDenied(
                 f"client '{client}' is not allowed to call this server (allowed: {', '.join(sorted(self.allowed))})"
             )
-        return client
 
 
 def decode_request(msg) -> InferRequest:
@@ -182,7 +183,8 @@ class InferenceServicer:
         start = time.monotonic()
         client, batch_rows, response = "anonymous", 0, None
         try:
-            client = self.identity.of(context)
+            client = self.identity.name(context)
+            self.identity.check(client)
             request = decode_request(msg)
             remaining = context.time_remaining()
             request.deadline = start + remaining if remaining is not None else None
@@ -214,7 +216,7 @@ class InferenceServicer:
 
     async def _model(self, request, context) -> ServedModel:
         try:
-            self.identity.of(context)
+            self.identity.check(self.identity.name(context))
             return self.repository.get(request.name, request.version)
         except errors.ServingError as exc:
             code, message = status_of(exc)

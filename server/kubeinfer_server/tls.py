@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from dataclasses import dataclass
 
 import grpc
@@ -25,6 +26,24 @@ class TlsFiles:
 
     def paths(self) -> tuple[str, ...]:
         return (self.cert, self.key) + ((self.client_ca,) if self.client_ca else ())
+
+    def check(self) -> None:
+        """Raise ``TlsError`` unless the files exist, parse and the key matches the certificate."""
+        for path in self.paths():
+            if not os.path.isfile(path):
+                raise TlsError(f"TLS file not found: {path}")
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.cert, self.key)
+            if self.client_ca:
+                context.load_verify_locations(self.client_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise TlsError(f"TLS files {', '.join(self.paths())} are not a usable certificate, key "
+                           f"and CA: {exc}") from None
+
+
+class TlsError(Exception):
+    """The TLS files are missing, unreadable or do not belong together."""
 
 
 class _Reloader:
@@ -54,9 +73,10 @@ class _Reloader:
             stamp = self._read_stamp()
             if stamp == self._stamp:
                 return None
+            self.files.check()
             config = self.configuration()
-        except OSError as exc:
-            log.warning("Kept the current TLS certificate: could not read the new files (%s)", exc)
+        except (OSError, TlsError) as exc:
+            log.warning("Kept the current TLS certificate: the new files are not usable (%s)", exc)
             return None
         self._stamp = stamp
         log.info("Reloaded TLS certificate from %s", self.files.cert)
@@ -64,6 +84,7 @@ class _Reloader:
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    files.check()
     reloader = _Reloader(files)
     return grpc.dynamic_ssl_server_credentials(
         reloader.configuration(), reloader.fetch, require_client_authentication=files.client_ca is not None
