@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Builds the local control plane from Go module sources into a versioned cache
+# outside the clone:
+#   ${KUBEINFER_CACHE:-~/.cache/kubeinfer}/controlplane/<tag>/bin/
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm
+# (and, with `adapter`, prometheus-adapter). Versions come from hack/versions.env only.
+#
+# Usage: hack/build-controlplane.sh [core|adapter|tag|bin-dir]
+#   core     (default) the control plane, kwok and helm
+#   adapter  prometheus-adapter, into the same bin dir
+#   tag      print the cache tag;  bin-dir  print the bin dir
+#
+# A warm cache (binaries present + stamp file matching the versions) returns at once.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "${here}/versions.env"
+
+tag="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+root="${KUBEINFER_CACHE:-${HOME}/.cache/kubeinfer}/controlplane/${tag}"
+bin="${root}/bin"
+src="${root}/src"
+core_bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+
+log() { printf '[cluster-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# 2 cores: one compile at a time per package graph level, bounded RAM.
+export GOMAXPROCS="${GOMAXPROCS:-$(nproc)}"
+export GOFLAGS="-mod=mod -buildvcs=false -p=${GOMAXPROCS}"
+export CGO_ENABLED=0
+export GOTOOLCHAIN=local
+export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
+
+stamp_core="${root}/.stamp-core"
+stamp_adapter="${root}/.stamp-adapter-${PROMETHEUS_ADAPTER_VERSION}"
+stamp_text="$(grep -v '^#' "${here}/versions.env" | grep -v '^$'; go env GOVERSION)"
+
+warm() {  # warm <stamp> <bins...>
+  local stamp="$1"; shift
+  [[ -f "${stamp}" && "$(cat "${stamp}")" == "${stamp_text}" ]] || return 1
+  local b; for b in "$@"; do [[ -x "${bin}/${b}" ]] || return 1; done
+}
+
+need_go() {
+  command -v go >/dev/null || die "go not found on PATH (Go >= 1.26 is required)"
+}
+
+new_module() {  # new_module <dir> <module path>: an empty tools module in the cache
+  rm -rf "$1"; mkdir -p "$1"
+  (cd "$1" && go mod init "$2" >/dev/null 2>&1 && go mod edit -go=1.26.0)
+}
+
+build_etcd() {
+  log "etcd ${ETCD_VERSION}: resolving go.etcd.io/etcd/server/v3 (own module: its go.mod has replaces)"
+  local d="${src}/etcd"
+  new_module "$d" kubeinfer.local/tools/etcd
+  (cd "$d" \
+    && go get -tool "go.etcd.io/etcd/server/v3@${ETCD_VERSION}" \
+    && log "etcd: compiling" \
+    && go build -trimpath -ldflags "-s -w" -o "${bin}/etcd" go.etcd.io/etcd/server/v3)
+}
+
+build_kube() {
+  local kv="${KUBE_VERSION}" minor major staging_v
+  major="${kv#v}"; major="${major%%.*}"
+  minor="${kv#v*.}"; minor="${minor%%.*}"
+  staging_v="v0.${kv#v1.}"
+  log "kubernetes ${kv}: wrapper module with staging replaces -> ${staging_v}"
+  local d="${src}/kubernetes"
+  new_module "$d" kubeinfer.local/tools/kubernetes
+  local gomod
+  gomod="$(cd "$d" && go mod download -json "k8s.io/kubernetes@${kv}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  local names
+  names="$(sed -n 's#^[[:space:]]*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/src/k8s\.io/.*#\1#p' "$gomod" | sort -u)"
+  [[ -n "$names" ]] || die "no staging replaces found in ${gomod}"
+  log "kubernetes: $(wc -w <<<"$names") staging modules"
+  local args=() n
+  for n in $names; do args+=("-replace=${n}=${n}@${staging_v}"); done
+  (cd "$d" && go mod edit "${args[@]}" -require="k8s.io/kubernetes@${kv}")
+  log "kubernetes: downloading modules (about 1 GB on a cold module cache)"
+  (cd "$d" && go get -tool \
+      "k8s.io/kubernetes/cmd/kube-apiserver@${kv}" \
+      "k8s.io/kubernetes/cmd/kube-controller-manager@${kv}" \
+      "k8s.io/kubernetes/cmd/kube-scheduler@${kv}" \
+      "k8s.io/kubernetes/cmd/kubectl@${kv}")
+  # Version stamping as kubernetes' hack/lib/version.sh does, so /version says ${kv}
+  # (helm's kubeVersion constraints read it).
+  local ld="-s -w" pkg key val
+  local date; date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    for kvp in "gitVersion=${kv}" "gitMajor=${major}" "gitMinor=${minor}" \
+               "gitTreeState=clean" "gitCommit=kubeinfer-module-build" "buildDate=${date}"; do
+      key="${kvp%%=*}"; val="${kvp#*=}"
+      ld+=" -X '${pkg}.${key}=${val}'"
+    done
+  done
+  log "kubernetes: compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (the long part)"
+  (cd "$d" && go build -trimpath -tags=selinux,notest,grpcnotrace -ldflags "${ld}" -o "${bin}/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_kwok() {
+  log "kwok ${KWOK_VERSION}: go install"
+  GOBIN="${bin}" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
+  # The stage files ship in the module (kustomize/stage); kwok needs them at run time.
+  local mod; mod="$(cd "${src}" && go mod download -json "sigs.k8s.io/kwok@${KWOK_VERSION}" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "${root}/kwok-stage"; cp -r "${mod}/kustomize/stage" "${root}/kwok-stage"
+  chmod -R u+w "${root}/kwok-stage"
+}
+
+build_helm() {
+  local major="${HELM_VERSION#v}"; major="${major%%.*}"
+  log "helm ${HELM_VERSION}: go install"
+  GOBIN="${bin}" go install -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v${major}/internal/version.version=${HELM_VERSION}" \
+      "helm.sh/helm/v${major}/cmd/helm@${HELM_VERSION}"
+}
+
+build_adapter() {
+  # Not `go install ...@version`: the proxy answers 403 on this module's version list
+  # (@v/list), which go install reads for deprecation notices, while the tagged version
+  # itself is served. A tools module that requires the exact version never lists.
+  log "prometheus-adapter ${PROMETHEUS_ADAPTER_VERSION}: tools module"
+  local d="${src}/prometheus-adapter"
+  new_module "$d" kubeinfer.local/tools/prometheus-adapter
+  (cd "$d" \
+    && go mod edit -require="sigs.k8s.io/prometheus-adapter@${PROMETHEUS_ADAPTER_VERSION}" \
+    && log "prometheus-adapter: downloading modules and compiling" \
+    && go build -trimpath -ldflags "-s -w" -o "${bin}/prometheus-adapter" \
+         sigs.k8s.io/prometheus-adapter/cmd/adapter)
+}
+
+timed() {  # timed <name> <fn>
+  local t0=$SECONDS
+  "$2"
+  log "$1 done in $((SECONDS - t0))s"
+}
+
+cmd="${1:-core}"
+case "$cmd" in
+  tag) echo "$tag"; exit 0 ;;
+  bin-dir) echo "$bin"; exit 0 ;;
+  core)
+    if warm "$stamp_core" "${core_bins[@]}"; then
+      log "warm cache: ${bin} (nothing to build)"; exit 0
+    fi
+    need_go; mkdir -p "$bin" "$src"
+    log "cold build into ${root} (GOMAXPROCS=${GOMAXPROCS}); expect 10-30 minutes on 2 cores"
+    t_all=$SECONDS
+    [[ -x "${bin}/etcd" ]] || timed etcd build_etcd
+    if ! [[ -x "${bin}/kube-apiserver" && -x "${bin}/kube-controller-manager" \
+            && -x "${bin}/kube-scheduler" && -x "${bin}/kubectl" ]]; then
+      timed kubernetes build_kube
+    fi
+    [[ -x "${bin}/kwok" && -d "${root}/kwok-stage" ]] || timed kwok build_kwok
+    [[ -x "${bin}/helm" ]] || timed helm build_helm
+    for b in "${core_bins[@]}"; do [[ -x "${bin}/${b}" ]] || die "missing ${bin}/${b} after build"; done
+    printf '%s\n' "$stamp_text" > "$stamp_core"
+    log "control plane built in $((SECONDS - t_all))s: ${bin}"
+    "${bin}/kube-apiserver" --version >&2 || true
+    ;;
+  adapter)
+    if warm "$stamp_adapter" prometheus-adapter; then
+      log "warm cache: ${bin}/prometheus-adapter"; exit 0
+    fi
+    need_go; mkdir -p "$bin" "$src"
+    timed prometheus-adapter build_adapter
+    printf '%s\n' "$stamp_text" > "$stamp_adapter"
+    ;;
+  *) die "unknown command: $cmd (core|adapter|tag|bin-dir)" ;;
+esac

@@ -1,0 +1,11 @@
+"""Run a local Kubernetes control plane from the binaries hack/build-controlplane.sh built.
+
+Used by the CLI hack/cluster.py (make cluster-up/down/status) and by the pytest
+plugin tests/support/cluster.py. See docs/local-cluster.md.
+"""
+
+from .controlplane import COMPONENTS, Cluster, ClusterError
+from .versions import bin_dir, cache_root, missing_binaries, read_versions
+
+__all__ = ["COMPONENTS", "Cluster", "ClusterError", "bin_dir", "cache_root",
+           "missing_binaries", "read_versions"]

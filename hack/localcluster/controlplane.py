@@ -1,0 +1,343 @@
+"""The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok.
+
+Real: the four Kubernetes components, built from source. Simulated: kubelets, by kwok,
+which turns pods bound to its fake nodes Running and Ready without running anything.
+Every listener binds to 127.0.0.1; pod and node IPs are fake and never connected to.
+All state (pid files, logs, PKI, kubeconfig) lives in one work directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable
+from pathlib import Path
+
+from .nodes import node_manifests
+from .pki import kubeconfig_text, write_pki
+from .processes import alive, die_with_parent, free_port, kill_group, sweep_stale_dirs
+from .versions import bin_dir, missing_binaries
+
+# Start order; teardown runs it backwards.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+POD_CIDR = "10.244.0.0/16"
+NODE_IP = "10.250.0.1"  # fake, outside the pod CIDR; nothing connects to it
+SERVICE_CIDR = "10.96.0.0/16"
+KWOK_STAGES = (
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+)
+# kube-controller-manager controllers (canonical names, cmd/kube-controller-manager/names).
+CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "garbage-collector-controller",
+    "horizontal-pod-autoscaler-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "disruption-controller",
+    "pod-garbage-collector-controller",
+    "job-controller",
+    "cronjob-controller",
+    "statefulset-controller",
+    "daemonset-controller",
+    "resourcequota-controller",
+    "root-ca-certificate-publisher-controller",
+)
+
+Log = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be built, started or reached."""
+
+
+
+@dataclass
+class Cluster:
+    """One local control plane whose state lives in `workdir`.
+
+    `tie_to_parent` makes every component die with the process that started it
+    (PR_SET_PDEATHSIG): right for test sessions, wrong for `make cluster-up`.
+    """
+
+    workdir: Path
+    bins: Path | None = None
+    tie_to_parent: bool = False
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.bins = Path(self.bins) if self.bins else bin_dir()
+
+    # -- paths ------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def state_file(self) -> Path:
+        return self.workdir / "state.json"
+
+    def log_path(self, component: str) -> Path:
+        return self.workdir / "logs" / f"{component}.log"
+
+    def pid_path(self, component: str) -> Path:
+        return self.workdir / f"{component}.pid"
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def server(self) -> str:
+        return self.state().get("server", "")
+
+    def log_tail(self, component: str, lines: int = 60) -> str:
+        try:
+            text = self.log_path(component).read_text(errors="replace")
+        except OSError:
+            return f"(no log for {component})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- commands ---------------------------------------------------------------------
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess:
+        cmd = [str(self.bins / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise ClusterError(f"{' '.join(cmd[2:])} failed ({proc.returncode}):\n"
+                               f"{proc.stdout}{proc.stderr}")
+        return proc
+
+    def readyz(self, timeout: float = 3.0) -> bool:
+        """True when the apiserver answers /readyz with ok (admin client cert)."""
+        server = self.server
+        if not server or not (self.pki / "ca.crt").exists():
+            return False
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        try:
+            with urllib.request.urlopen(f"{server}/readyz", context=ctx,
+                                        timeout=timeout) as resp:
+                return resp.status == 200
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            return False
+
+    def running(self) -> dict[str, int | None]:
+        out = {}
+        for c in COMPONENTS:
+            try:
+                pid = int(self.pid_path(c).read_text())
+            except (OSError, ValueError):
+                pid = None
+            out[c] = pid if pid and alive(pid) else None
+        return out
+
+    # -- lifecycle --------------------------------------------------------------------
+    def up(self, timeout: float = 120.0, log: Log = _quiet) -> None:
+        missing = missing_binaries() if self.bins == bin_dir() else []
+        if missing:
+            raise ClusterError(f"control plane binaries missing in {self.bins}: "
+                               f"{', '.join(missing)}; run make cluster-build")
+        if any(self.running().values()):
+            if self.readyz():
+                log(f"Found the cluster already up ({self.workdir})")
+                return
+            log("Found stale cluster processes; stopping them first")
+            self.down(log=log)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
+        data_root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+        sweep_stale_dirs(data_root, "kubeinfer-etcd-")
+        etcd_data = Path(tempfile.mkdtemp(prefix="kubeinfer-etcd-", dir=data_root))
+        server = f"https://127.0.0.1:{api_port}"
+        self.state_file.write_text(json.dumps({
+            "server": server, "etcd_client_port": etcd_client, "etcd_data": str(etcd_data),
+            "bin_dir": str(self.bins)}, indent=2))
+        write_pki(self.pki)
+        self.kubeconfig.write_text(kubeconfig_text(server, self.pki))
+        os.chmod(self.kubeconfig, 0o600)
+        try:
+            self._start_all(etcd_client, etcd_peer, api_port, etcd_data, deadline, log)
+        except BaseException:
+            self.down(log=log)
+            raise
+        log(f"Brought the cluster up in {time.monotonic() - t0:.1f}s ({server})")
+
+    def _start(self, component: str, args: list[str]) -> None:
+        log_file = open(self.log_path(component), "ab")
+        try:
+            proc = subprocess.Popen(
+                [str(self.bins / component), *args], stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT, cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=die_with_parent if self.tie_to_parent else None)
+        finally:
+            log_file.close()
+        self.pid_path(component).write_text(f"{proc.pid}\n")
+
+    def _wait(self, what: str, check, deadline: float, component: str) -> None:
+        while time.monotonic() < deadline:
+            pid = self.running().get(component)
+            if pid is None:
+                raise ClusterError(f"{component} exited while waiting for {what}; "
+                                   f"last log lines:\n{self.log_tail(component)}")
+            if check():
+                return
+            time.sleep(0.25)
+        raise ClusterError(f"timed out waiting for {what}; last {component} log lines:\n"
+                           f"{self.log_tail(component)}")
+
+    def _start_all(self, etcd_client, etcd_peer, api_port, etcd_data, deadline, log):
+        pki = self.pki
+        etcd_url = f"http://127.0.0.1:{etcd_client}"
+        peer_url = f"http://127.0.0.1:{etcd_peer}"
+        log(f"Starting etcd on {etcd_url} (data in {etcd_data})")
+        self._start("etcd", [
+            "--name=kubeinfer", f"--data-dir={etcd_data}", "--unsafe-no-fsync",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=kubeinfer={peer_url}", "--listen-metrics-urls=",
+            "--log-level=warn", "--quota-backend-bytes=4294967296",
+        ])
+
+        def etcd_healthy():
+            try:
+                with urllib.request.urlopen(f"{etcd_url}/health", timeout=2) as r:
+                    return json.load(r).get("health") == "true"
+            except (OSError, ValueError):
+                return False
+        self._wait("etcd /health", etcd_healthy, deadline, "etcd")
+
+        log(f"Starting kube-apiserver on https://127.0.0.1:{api_port}")
+        self._start("kube-apiserver", [
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=RBAC",
+            "--anonymous-auth=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            # No ServiceAccount admission: nothing mounts tokens into kwok pods and pods
+            # need not wait for the default SA. No TaintNodesByCondition: it would put
+            # node.kubernetes.io/not-ready on every new node, and only the node-lifecycle
+            # controller (not run here) takes it off.
+            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            # Aggregation layer, so a metrics adapter can register an APIService later.
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            "--enable-aggregator-routing=false",
+            "--profiling=false",
+        ])
+        self._wait("kube-apiserver /readyz", self.readyz, deadline, "kube-apiserver")
+
+        kc = f"--kubeconfig={self.kubeconfig}"
+        log("Starting kube-controller-manager and kube-scheduler")
+        self._start("kube-controller-manager", [
+            kc, "--leader-elect=false", "--secure-port=0",
+            f"--controllers={','.join(CONTROLLERS)}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--cluster-cidr={POD_CIDR}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--horizontal-pod-autoscaler-sync-period=2s",
+            "--concurrent-gc-syncs=5",
+        ])
+        self._start("kube-scheduler", [kc, "--leader-elect=false", "--secure-port=0"])
+
+        stages = self.workdir / "kwok-stages.yaml"
+        stage_root = self.bins.parent / "kwok-stage"
+        stages.write_text("\n---\n".join(
+            (stage_root / s).read_text().strip() for s in KWOK_STAGES) + "\n")
+        log("Starting kwok and creating its nodes")
+        self._start("kwok", [
+            kc, f"--config={stages}", "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}",
+            "--node-lease-duration-seconds=40",
+        ])
+        self._create_nodes(deadline, log)
+
+    def _create_nodes(self, deadline: float, log) -> None:
+        nodes = node_manifests()
+        self.kubectl("apply", "-f", "-",
+                     input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        # Status sent on create is kept by the API; make sure of it anyway (cheap).
+        for n in nodes:
+            got = json.loads(self.kubectl("get", "node", n["metadata"]["name"], "-o",
+                                          "json").stdout)
+            if "nvidia.com/gpu" in n["status"]["capacity"] and \
+                    "nvidia.com/gpu" not in got.get("status", {}).get("allocatable", {}):
+                self.kubectl("patch", "node", n["metadata"]["name"], "--subresource=status",
+                             "--type=merge", "-p", json.dumps({"status": n["status"]}))
+        names = [n["metadata"]["name"] for n in nodes]
+
+        def all_ready():
+            out = self.kubectl("get", "nodes", "-o", "json", check=False)
+            if out.returncode != 0:
+                return False
+            ready = {
+                item["metadata"]["name"]
+                for item in json.loads(out.stdout)["items"]
+                for cond in item.get("status", {}).get("conditions", [])
+                if cond["type"] == "Ready" and cond["status"] == "True"
+            }
+            return set(names) <= ready
+        self._wait(f"nodes Ready ({', '.join(names)})", all_ready, deadline, "kwok")
+        # Components that died after their own wait would only show up later; check now.
+        dead = [c for c, pid in self.running().items() if pid is None]
+        if dead:
+            raise ClusterError(f"{', '.join(dead)} exited during bring-up:\n" + "\n".join(
+                f"--- {c}\n{self.log_tail(c)}" for c in dead))
+
+    def down(self, log: Log = _quiet) -> None:
+        for component in reversed(COMPONENTS):
+            path = self.pid_path(component)
+            try:
+                pid = int(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if alive(pid):
+                kill_group(pid)
+                log(f"Stopped {component} (pid {pid})")
+            path.unlink(missing_ok=True)
+        data = self.state().get("etcd_data")
+        if data and Path(data).name.startswith("kubeinfer-etcd-"):
+            shutil.rmtree(data, ignore_errors=True)

@@ -1,0 +1,3 @@
+"""Shared pytest configuration: plugins available to every test directory."""
+
+pytest_plugins = ["support.cluster"]
