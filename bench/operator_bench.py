@@ -1,0 +1,162 @@
+"""Operator benchmark: 200 InferenceDeployments created at once on the local cluster.
+
+Reports the time until all are Ready, p50/p99 from apply to Ready, the
+operator's peak RSS, and a baseline: the same child objects (built by the same
+pure builders) applied directly by this script with as many parallel writers
+as the operator has workers, timed until every Deployment is available. The
+ratio operator/direct is the operator's overhead.
+
+Starts a private local cluster (so nothing else shares its nodes), or with
+``--reuse`` uses the one ``make cluster-up`` started (.cluster/kubeconfig).
+Usage: python bench/operator_bench.py [--count 200] [--reuse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kubeinfer_operator import builders, drift, kube, naming, settings, tls
+from kubeinfer_operator.spec import parse
+
+REPO = Path(__file__).resolve().parents[1]
+CRD = REPO / "crds" / "kubeinfer.io_inferencedeployments.yaml"
+OPERATOR = Path(sys.executable).parent / "kubeinfer-operator"
+WORKERS = 16
+SPEC = {"model": {"uri": "s3://models/bench/model.onnx"}, "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}
+
+
+def _hack():
+    spec = importlib.util.spec_from_file_location("kubeinfer_hack_cluster", REPO / "hack" / "cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _fresh_namespace(cluster, name: str) -> None:
+    cluster.kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=true", timeout=300)
+    cluster.kubectl("create", "namespace", name)
+
+
+def _ready(infd: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (infd.get("status") or {}).get("conditions") or [])
+
+
+def bench_operator(cluster, client: kube.Kube, count: int, namespace: str) -> dict:
+    _fresh_namespace(cluster, namespace)
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    log = open(Path(tempfile.gettempdir()) / "kubeinfer-operator-bench.log", "wb")
+    proc = subprocess.Popen([str(OPERATOR), "--namespace", namespace], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        time.sleep(3)  # let kopf start its watches, so the burst is what it sees
+        items = [{"apiVersion": naming.API_VERSION, "kind": naming.KIND,
+                  "metadata": {"name": f"m{i:03d}", "namespace": namespace}, "spec": SPEC} for i in range(count)]
+        start = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+                        timeout=300)
+        applied = time.monotonic()
+        ready_at: dict[str, float] = {}
+        while len(ready_at) < count and time.monotonic() - start < 900:
+            for infd in client.list(naming.API_VERSION, naming.KIND, namespace, ""):
+                if _ready(infd):
+                    ready_at.setdefault(infd["metadata"]["name"], time.monotonic())
+            time.sleep(0.25)
+        peak = _peak_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    latencies = [t - start for t in ready_at.values()]
+    return {"ready": len(ready_at), "all_ready_s": max(latencies, default=float("nan")),
+            "apply_s": applied - start, "p50_s": _percentile(latencies, 0.5), "p99_s": _percentile(latencies, 0.99),
+            "operator_peak_rss_mib": peak}
+
+
+def bench_direct(cluster, client: kube.Kube, count: int, namespace: str) -> dict:
+    """The same children, applied by this script: what any controller must at least spend."""
+    _fresh_namespace(cluster, namespace)
+    config = settings.load(env={})
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def make(i: int) -> None:
+        spec = parse(f"m{i:03d}", namespace, SPEC, config)
+        material = tls.plan(spec, {}, now, config)
+        for obj in builders.desired_children(spec, material, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                             "name": "bench-owner", "uid": owner_uid}):
+            client.apply(drift.stamp(obj))
+
+    owner = client.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bench-owner", "namespace": namespace}})
+    owner_uid = owner["metadata"]["uid"]
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(make, range(count)))
+    available: dict[str, float] = {}
+    while len(available) < count and time.monotonic() - start < 900:
+        for dep in client.list("apps/v1", "Deployment", namespace, f"app.kubernetes.io/managed-by={naming.MANAGED_BY}"):
+            if (dep.get("status") or {}).get("availableReplicas", 0) >= 1:
+                available.setdefault(dep["metadata"]["name"], time.monotonic())
+        time.sleep(0.25)
+    latencies = [t - start for t in available.values()]
+    return {"ready": len(available), "all_ready_s": max(latencies, default=float("nan")),
+            "p50_s": _percentile(latencies, 0.5), "p99_s": _percentile(latencies, 0.99)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--reuse", action="store_true", help="use the cluster of make cluster-up")
+    args = parser.parse_args()
+    hack = _hack()
+    cluster = hack.Cluster(REPO / ".cluster")
+    started = False
+    if not (args.reuse and cluster.kubeconfig.exists() and cluster.readyz()):
+        cluster = hack.Cluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), tie_to_parent=True)
+        cluster.up(timeout=240, log=lambda *_: None)
+        started = True
+    try:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/inferencedeployments.kubeinfer.io")
+        client = kube.connect(str(cluster.kubeconfig))
+        operator = bench_operator(cluster, client, args.count, "bench-operator")
+        cluster.kubectl("delete", "namespace", "bench-operator", "--wait=true", timeout=300)
+        direct = bench_direct(cluster, client, args.count, "bench-direct")
+        cluster.kubectl("delete", "namespace", "bench-direct", "--wait=true", timeout=300)
+    finally:
+        if started:
+            cluster.down(log=lambda *_: None)
+    report = {"count": args.count, "operator": operator, "direct": direct,
+              "ratio_all_ready": operator["all_ready_s"] / direct["all_ready_s"],
+              "ratio_p50": operator["p50_s"] / direct["p50_s"]}
+    # The report is this script's output.
+    print(json.dumps(report, indent=2))
+    print(f"{args.count} InferenceDeployments: all Ready in {operator['all_ready_s']:.1f}s "
+          f"(p50 {operator['p50_s']:.1f}s, p99 {operator['p99_s']:.1f}s), operator peak RSS "
+          f"{operator['operator_peak_rss_mib']:.0f} MiB; direct apply {direct['all_ready_s']:.1f}s; "
+          f"ratio {report['ratio_all_ready']:.2f}x")
+    return 0 if operator["ready"] == args.count and direct["ready"] == args.count else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

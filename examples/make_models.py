@@ -1,0 +1,144 @@
+"""Makes the sample ONNX models used by the examples and the benchmarks.
+
+Two FP32 models with a dynamic batch dimension, built with ``onnx.helper``
+from seeded weights, so every run writes the same bytes:
+
+- ``mlp``: ``input`` [-1, 256] -> 3 x (Dense 1024 + ReLU) -> ``output`` [-1, 16]
+- ``cnn``: ``input`` [-1, 3, 64, 64] -> 2 x (Conv 3x3 + ReLU + MaxPool 2x2)
+  -> Flatten -> Dense -> ``output`` [-1, 10]
+
+Usage: ``python examples/make_models.py OUTDIR`` writes OUTDIR/mlp.onnx and
+OUTDIR/cnn.onnx. Importable: ``make_mlp(path)``, ``make_cnn(path)`` and
+``make_all(outdir)`` return the written paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# Opset 17 and IR 8 are well inside what onnxruntime >= 1.14 accepts.
+OPSET = 17
+IR_VERSION = 8
+SEED = 20240601
+
+
+def _initializer(rng: np.random.Generator, name: str, shape: tuple[int, ...], fan_in: int):
+    """He-normal weights: activations keep a sane scale through the ReLUs."""
+    values = rng.standard_normal(shape).astype(np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+    return numpy_helper.from_array(values, name)
+
+
+def _bias(rng: np.random.Generator, name: str, size: int):
+    return numpy_helper.from_array((rng.standard_normal(size) * 0.01).astype(np.float32), name)
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="kubeinfer-examples",
+        producer_version="1",
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString(deterministic=True))
+    return path
+
+
+def _dense(rng, nodes, inits, x: str, name: str, fan_in: int, fan_out: int, relu: bool) -> str:
+    """Appends Gemm(x, W^T) + b (and ReLU) and returns the output tensor name."""
+    inits.append(_initializer(rng, f"{name}.weight", (fan_out, fan_in), fan_in))
+    inits.append(_bias(rng, f"{name}.bias", fan_out))
+    out = f"{name}.out"
+    nodes.append(helper.make_node("Gemm", [x, f"{name}.weight", f"{name}.bias"], [out], name=name, transB=1))
+    if not relu:
+        return out
+    nodes.append(helper.make_node("Relu", [out], [f"{name}.relu"], name=f"{name}.relu"))
+    return f"{name}.relu"
+
+
+def make_mlp(path: str | Path, in_features: int = 256, hidden: int = 1024, out_features: int = 16) -> Path:
+    """Writes the ``mlp`` model to ``path`` and returns it."""
+    rng = np.random.default_rng(SEED)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    x, width = "input", in_features
+    for i in range(3):
+        x = _dense(rng, nodes, inits, x, f"fc{i}", width, hidden, relu=True)
+        width = hidden
+    last = _dense(rng, nodes, inits, x, "head", width, out_features, relu=False)
+    nodes.append(helper.make_node("Identity", [last], ["output"], name="output"))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_features])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
+        initializer=inits,
+    )
+    return _save(graph, path)
+
+
+def _conv_block(rng, nodes, inits, x: str, name: str, c_in: int, c_out: int) -> str:
+    """Appends Conv 3x3 (same padding) + ReLU + MaxPool 2x2 and returns the output name."""
+    inits.append(_initializer(rng, f"{name}.weight", (c_out, c_in, 3, 3), c_in * 9))
+    inits.append(_bias(rng, f"{name}.bias", c_out))
+    nodes.append(helper.make_node(
+        "Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}.conv"],
+        name=f"{name}.conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+    ))
+    nodes.append(helper.make_node("Relu", [f"{name}.conv"], [f"{name}.relu"], name=f"{name}.relu"))
+    nodes.append(helper.make_node(
+        "MaxPool", [f"{name}.relu"], [f"{name}.pool"], name=f"{name}.pool", kernel_shape=[2, 2], strides=[2, 2],
+    ))
+    return f"{name}.pool"
+
+
+def make_cnn(path: str | Path, size: int = 64, classes: int = 10) -> Path:
+    """Writes the ``cnn`` model to ``path`` and returns it."""
+    rng = np.random.default_rng(SEED + 1)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    x = _conv_block(rng, nodes, inits, "input", "conv0", 3, 16)
+    x = _conv_block(rng, nodes, inits, x, "conv1", 16, 32)
+    nodes.append(helper.make_node("Flatten", [x], ["flat"], name="flat", axis=1))
+    flat = 32 * (size // 4) * (size // 4)
+    last = _dense(rng, nodes, inits, "flat", "head", flat, classes, relu=False)
+    nodes.append(helper.make_node("Identity", [last], ["output"], name="output"))
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", classes])],
+        initializer=inits,
+    )
+    return _save(graph, path)
+
+
+MODELS = {"mlp": make_mlp, "cnn": make_cnn}
+
+
+def make_all(outdir: str | Path) -> dict[str, Path]:
+    """Writes every sample model into ``outdir``; returns name -> path."""
+    outdir = Path(outdir)
+    return {name: make(outdir / f"{name}.onnx") for name, make in MODELS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outdir", type=Path, help="directory for mlp.onnx and cnn.onnx")
+    args = parser.parse_args(argv)
+    for path in make_all(args.outdir).values():
+        sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
