@@ -19,6 +19,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,8 @@ def bench_operator(cluster, client: kube.Kube, count: int, namespace: str) -> di
                     ready_at.setdefault(infd["metadata"]["name"], time.monotonic())
             time.sleep(0.25)
         peak = _peak_rss_mib(proc.pid)
+        # kopf's timer finalizer: delete while the operator runs, so it can let go.
+        cluster.kubectl("delete", "infd", "--all", "-n", namespace, "--wait=true", timeout=600)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -146,6 +149,7 @@ def main() -> int:
     finally:
         if started:
             cluster.down(log=lambda *_: None)
+            shutil.rmtree(cluster.workdir, ignore_errors=True)
     report = {"count": args.count, "operator": operator, "direct": direct,
               "ratio_all_ready": operator["all_ready_s"] / direct["all_ready_s"],
               "ratio_p50": operator["p50_s"] / direct["p50_s"]}

@@ -1,0 +1,8 @@
+"""kubeinfer operator: reconciles InferenceDeployments into model-server workloads.
+
+Layers, innermost first (an import-linter contract keeps them so):
+``settings``, ``spec``, ``naming``, ``certs``, ``builders``, ``drift`` and
+``conditions`` are pure (no kopf, no Kubernetes client, no I/O); ``kube`` is the
+one module that talks to the API server; ``reconcile`` composes them;
+``handlers`` wires ``reconcile`` into kopf; ``cli`` runs it.
+"""

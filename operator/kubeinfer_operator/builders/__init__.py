@@ -1,0 +1,43 @@
+"""Pure builders: a typed spec in, the whole desired set of child objects out.
+
+No I/O and no Kubernetes client: every object is a plain dict, ready for
+server-side apply, carrying the standard labels and a controller owner
+reference to its InferenceDeployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeinfer_operator.builders.deployment import build_deployment
+from kubeinfer_operator.builders.scaling import build_hpa, build_pdb
+from kubeinfer_operator.builders.secrets import build_tls_objects
+from kubeinfer_operator.builders.services import build_headless_service, build_service
+from kubeinfer_operator.spec import InferenceSpec
+from kubeinfer_operator.tls import TlsMaterial
+
+# Kinds the operator creates, in apply order (Secrets before the pods mount them).
+CHILD_KINDS = (
+    ("v1", "Secret"),
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+)
+
+
+def desired_children(spec: InferenceSpec, material: TlsMaterial | None, owner: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every child ``spec`` needs, in apply order; anything else of ours is to be pruned."""
+    candidates = [
+        *build_tls_objects(spec, material, owner),
+        build_service(spec, owner),
+        build_headless_service(spec, owner),
+        build_deployment(spec, owner),
+        build_hpa(spec, owner),
+        build_pdb(spec, owner),
+    ]
+    return [c for c in candidates if c is not None]
+
+
+__all__ = ["CHILD_KINDS", "desired_children"]

@@ -1,0 +1,227 @@
+"""The Deployment of kubeinfer-server pods for one InferenceDeployment (pure).
+
+Follows docs/server-contract.md: env-configured ``kubeinfer-server serve``,
+gRPC on 8001, metrics and health on 8002, TLS files in /etc/kubeinfer/tls/,
+models in /models/<name>/, terminationGracePeriodSeconds = drain grace + 15.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeinfer_operator import naming
+from kubeinfer_operator.spec import InferenceSpec
+
+TLS_DIR = "/etc/kubeinfer/tls"
+MODELS_DIR = "/models"
+RUN_AS = 65532
+GRACE_MARGIN_SECONDS = 15
+PROMETHEUS_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(naming.METRICS_PORT),
+    "prometheus.io/path": "/metrics",
+}
+
+
+def model_path(spec: InferenceSpec) -> str:
+    """Where the server finds the model file inside the pod."""
+    if spec.model.pvc_path is not None:
+        return f"{MODELS_DIR}/{spec.model.name}/{spec.model.pvc_path}"
+    return f"{MODELS_DIR}/{spec.model.name}/model.onnx"
+
+
+def build_deployment(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "selector": {"matchLabels": naming.selector_labels(spec.name)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "revisionHistoryLimit": 3,
+        "template": _pod_template(spec),
+    }
+    # With autoscaling the HPA owns spec.replicas: applying it would fight the HPA.
+    if spec.autoscaling is None:
+        body["replicas"] = spec.replicas if spec.replicas is not None else 1
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(spec, naming.deployment_name(spec.name), owner),
+        "spec": body,
+    }
+
+
+def _meta(spec: InferenceSpec, name: str, owner: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "namespace": spec.namespace, "labels": naming.labels(spec.name), "ownerReferences": [owner]}
+
+
+def _pod_template(spec: InferenceSpec) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": spec.runtime.drain_grace_seconds + GRACE_MARGIN_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_server_container(spec)],
+        "volumes": _volumes(spec),
+    }
+    if spec.model.pvc_claim is None:
+        pod["initContainers"] = [_fetch_container(spec)]
+    node_selector = dict(spec.node_selector)
+    tolerations = [dict(t) for t in spec.tolerations]
+    if spec.gpu is not None:
+        if spec.gpu.product:
+            node_selector[naming.GPU_PRODUCT_LABEL] = spec.gpu.product
+        tolerations.append({"key": spec.gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if spec.affinity:
+        pod["affinity"] = dict(spec.affinity)
+    return {
+        "metadata": {"labels": naming.labels(spec.name), "annotations": dict(PROMETHEUS_ANNOTATIONS)},
+        "spec": pod,
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _fetch_container(spec: InferenceSpec) -> dict[str, Any]:
+    args = ["fetch", spec.model.uri, model_path(spec)]
+    if spec.model.sha256:
+        args += ["--sha256", spec.model.sha256]
+    container: dict[str, Any] = {
+        "name": "fetch",
+        "image": spec.runtime.image,
+        "command": ["kubeinfer-server"],
+        "args": args,
+        # The fetch prints a one-line error naming the URI: it becomes the
+        # termination message that the ModelFetchFailed condition quotes.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "model", "mountPath": f"{MODELS_DIR}/{spec.model.name}"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if spec.runtime.image_pull_policy:
+        container["imagePullPolicy"] = spec.runtime.image_pull_policy
+    return container
+
+
+def _server_container(spec: InferenceSpec) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": spec.runtime.image,
+        "command": ["kubeinfer-server"],
+        "args": ["serve"],
+        "env": [{"name": k, "value": v} for k, v in server_env(spec)],
+        "ports": [
+            {"name": "grpc", "containerPort": naming.GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": naming.METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": _readiness_probe(spec),
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": naming.METRICS_PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        # Loading and warming a large model may take minutes; liveness waits for it.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": naming.METRICS_PORT},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "resources": _resources(spec),
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": _server_mounts(spec),
+    }
+    if spec.runtime.image_pull_policy:
+        container["imagePullPolicy"] = spec.runtime.image_pull_policy
+    return container
+
+
+def _readiness_probe(spec: InferenceSpec) -> dict[str, Any]:
+    # The kubelet's gRPC probe speaks plaintext only, so with TLS on the gRPC
+    # port readiness asks the same health state over the metrics port instead.
+    if spec.tls.enabled:
+        check: dict[str, Any] = {"httpGet": {"path": "/readyz", "port": naming.METRICS_PORT}}
+    else:
+        check = {"grpc": {"port": naming.GRPC_PORT, "service": ""}}
+    return {**check, "periodSeconds": 5, "failureThreshold": 2}
+
+
+def server_env(spec: InferenceSpec) -> list[tuple[str, str]]:
+    """The KUBEINFER_* settings of ``kubeinfer-server serve`` for this spec."""
+    batching = spec.batching
+    env = [
+        ("KUBEINFER_MODELS", f"{spec.model.name}={model_path(spec)}"),
+        ("KUBEINFER_GRPC_PORT", str(naming.GRPC_PORT)),
+        ("KUBEINFER_METRICS_PORT", str(naming.METRICS_PORT)),
+        ("KUBEINFER_MAX_BATCH_SIZE", str(batching.max_batch_size)),
+        ("KUBEINFER_MAX_QUEUE_DELAY_US", str(batching.max_queue_delay_microseconds)),
+        ("KUBEINFER_MAX_QUEUE_SIZE", str(batching.max_queue_size)),
+        ("KUBEINFER_INSTANCES", str(spec.runtime.instances)),
+        ("KUBEINFER_PROVIDERS", ",".join(p.lower() for p in spec.runtime.execution_providers)),
+        ("KUBEINFER_GRACE_SECONDS", str(spec.runtime.drain_grace_seconds)),
+    ]
+    if batching.preferred_batch_sizes:
+        env.append(("KUBEINFER_PREFERRED_BATCH_SIZES", ",".join(map(str, batching.preferred_batch_sizes))))
+    if spec.runtime.intra_op_threads is not None:
+        env.append(("KUBEINFER_INTRA_OP_THREADS", str(spec.runtime.intra_op_threads)))
+    if spec.runtime.max_connection_age_seconds:
+        env.append(("KUBEINFER_MAX_CONNECTION_AGE_SECONDS", str(spec.runtime.max_connection_age_seconds)))
+    if spec.tls.enabled:
+        env += [("KUBEINFER_TLS_CERT", f"{TLS_DIR}/tls.crt"), ("KUBEINFER_TLS_KEY", f"{TLS_DIR}/tls.key")]
+    if spec.tls.mutual:
+        env.append(("KUBEINFER_TLS_CLIENT_CA", f"{TLS_DIR}/ca.crt"))
+        if spec.tls.allowed_clients:
+            env.append(("KUBEINFER_ALLOWED_CLIENTS", ",".join(spec.tls.allowed_clients)))
+    return env
+
+
+def _resources(spec: InferenceSpec) -> dict[str, Any]:
+    resources = {section: dict(values) for section, values in spec.resources.items()}
+    if spec.gpu is not None:
+        # Extended resources are limits only; the API server copies them to requests.
+        resources.setdefault("limits", {})[spec.gpu.resource_name] = str(spec.gpu.count)
+    return resources
+
+
+def _server_mounts(spec: InferenceSpec) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"name": "model", "mountPath": f"{MODELS_DIR}/{spec.model.name}", "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if spec.tls.enabled:
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    return mounts
+
+
+def _volumes(spec: InferenceSpec) -> list[dict[str, Any]]:
+    if spec.model.pvc_claim is not None:
+        model: dict[str, Any] = {
+            "name": "model",
+            "persistentVolumeClaim": {"claimName": spec.model.pvc_claim, "readOnly": True},
+        }
+    else:
+        model = {"name": "model", "emptyDir": {}}
+    volumes = [model, {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}]
+    if spec.tls.enabled:
+        # No subPath: the kubelet refreshes a projected Secret in place, and the
+        # server reloads the renewed files without a restart.
+        volumes.append({"name": "tls", "secret": {"secretName": naming.server_secret_name(spec.name), "defaultMode": 0o440}})
+    return volumes

@@ -1,0 +1,130 @@
+"""kopf wiring: thin handlers that call ``reconcile`` and translate its errors.
+
+- create/update/resume of an InferenceDeployment: reconcile it;
+- a timer: reconcile again (drift backstop, certificate renewal);
+- any event on a child or a server pod: reconcile the parent, so a deleted or
+  edited child is put back and the status follows the pods. Bursts of child
+  events for one parent coalesce into one pending reconcile.
+
+One lock per InferenceDeployment keeps reconciles of the same object serial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kubeinfer_operator import naming
+from kubeinfer_operator.kube import ApiError, Kube
+from kubeinfer_operator.reconcile import InvalidSpec, MissingDependency, Outcome, reconcile
+from kubeinfer_operator.settings import Settings
+
+RETRY_SECONDS = 5
+WAIT_SECONDS = 30
+MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
+WATCHED_CHILDREN = (
+    ("", "v1", "secrets"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("", "v1", "pods"),
+    ("apps", "v1", "deployments"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+)
+
+
+class Reconciler:
+    """Runs ``reconcile`` for one parent at a time, with kopf's events and errors."""
+
+    def __init__(self, kube: Kube, settings: Settings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._pending: set[tuple[str, str]] = set()
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def run(self, body: Mapping[str, Any]) -> Outcome:
+        parent = dict(body)
+
+        def emit(kind: str, reason: str, message: str) -> None:
+            kopf.event(parent, type=kind, reason=reason, message=message)
+
+        meta = parent["metadata"]
+        with self._lock((meta["namespace"], meta["name"])):
+            return reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.timezone.utc), emit)
+
+    def run_by_name(self, namespace: str, name: str) -> None:
+        """Reconcile the current version of a parent, if it still exists."""
+        with self._guard:
+            self._pending.discard((namespace, name))
+        parent = self.kube.get(naming.API_VERSION, naming.KIND, namespace, name)
+        if parent is None or parent["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            self.run(parent)
+        except (InvalidSpec, MissingDependency):
+            pass  # The status and an Event already say so.
+
+    def claim(self, namespace: str, name: str) -> bool:
+        """True if no reconcile of this parent is already waiting to start."""
+        with self._guard:
+            if (namespace, name) in self._pending:
+                return False
+            self._pending.add((namespace, name))
+            return True
+
+
+def _parent_of(body: Mapping[str, Any]) -> str | None:
+    for ref in body["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP + "/"):
+            return str(ref["name"])
+    if body.get("kind") == "Pod":
+        return (body["metadata"].get("labels") or {}).get("app.kubernetes.io/instance")
+    return None
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    """Registers every handler of the operator into ``registry``."""
+    resource = dict(group=naming.GROUP, version=naming.VERSION, plural=naming.PLURAL, registry=registry)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.create(**resource)
+    @kopf.on.update(**resource)
+    @kopf.on.resume(**resource)
+    def apply(body: kopf.Body, **_: Any) -> None:
+        try:
+            reconciler.run(body)
+        except InvalidSpec as exc:
+            raise kopf.PermanentError(str(exc)) from exc
+        except MissingDependency as exc:
+            raise kopf.TemporaryError(str(exc), delay=WAIT_SECONDS) from exc
+        except ApiError as exc:
+            raise kopf.TemporaryError(f"API server refused a request: {exc}", delay=RETRY_SECONDS) from exc
+
+    @kopf.timer(**resource, interval=reconciler.settings.resync_seconds,
+                initial_delay=reconciler.settings.resync_seconds)
+    def resync(body: kopf.Body, **_: Any) -> None:
+        try:
+            reconciler.run(body)
+        except (InvalidSpec, MissingDependency):
+            pass  # The status says so; the create/update handler retries what can be retried.
+
+    for group, version, plural in WATCHED_CHILDREN:
+        @kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)
+        async def child_changed(body: kopf.Body, namespace: str, **_: Any) -> None:
+            parent = _parent_of(body)
+            if parent is None or not reconciler.claim(namespace, parent):
+                return
+            await asyncio.to_thread(reconciler.run_by_name, namespace, parent)

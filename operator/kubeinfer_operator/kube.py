@@ -1,0 +1,157 @@
+"""The one module that talks to the Kubernetes API.
+
+Server-side apply under the field manager ``kubeinfer`` (with force: the
+operator is the controller of what it applies), lists by label, deletes with a
+UID precondition, and the status subresource. Objects are plain dicts, as the
+builders make them. Every write is counted, so a test can hold "a resync that
+finds nothing to do writes nothing".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from kubernetes import client, config
+
+from kubeinfer_operator import naming
+
+log = logging.getLogger(__name__)
+
+# (apiVersion, kind) -> (path prefix, plural). Static: no discovery round trips.
+RESOURCES = {
+    ("v1", "Secret"): ("/api/v1", "secrets"),
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
+    ("v1", "Service"): ("/api/v1", "services"),
+    ("v1", "Pod"): ("/api/v1", "pods"),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
+    (naming.API_VERSION, naming.KIND): (f"/apis/{naming.API_VERSION}", naming.PLURAL),
+}
+
+
+class ApiError(Exception):
+    """A request the API server refused; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def _path(api_version: str, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    prefix, plural = RESOURCES[(api_version, kind)]
+    path = f"{prefix}/namespaces/{quote(namespace)}/{plural}"
+    if name is not None:
+        path += f"/{quote(name)}"
+    if sub is not None:
+        path += f"/{sub}"
+    return path
+
+
+class Kube:
+    """A thin, thread-safe client for the calls the reconciler makes."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api = api_client
+        self._lock = threading.Lock()
+        self.writes = 0
+
+    def _request(self, method: str, path: str, query: list[tuple[str, str]] | None = None,
+                 body: Any = None, content_type: str | None = None) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if method != "GET":
+            with self._lock:
+                self.writes += 1
+        serialized = self._api.param_serialize(
+            method=method, resource_path=path, query_params=query or [], header_params=headers,
+            body=body, auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(*serialized, _request_timeout=30)
+        except client.ApiException as exc:
+            raise ApiError(exc.status or 0, str(exc.reason), str(exc.body or "")) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiError(0, "Unreachable", str(exc)) from exc
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, str(response.reason), _message(data))
+        return json.loads(data) if data else {}
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._request("GET", _path(api_version, kind, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        found = self._request("GET", _path(api_version, kind, namespace), [("labelSelector", selector)])
+        items = found.get("items") or []
+        for item in items:
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def apply(self, obj: Mapping[str, Any], subresource: str | None = None,
+              manager: str = naming.FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply of ``obj`` (created if missing); returns the object as stored."""
+        meta = obj["metadata"]
+        path = _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], subresource)
+        query = [("fieldManager", manager), ("force", "true")]
+        return self._request("PATCH", path, query, dict(obj), "application/apply-patch+yaml")
+
+    def apply_status(self, parent: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+        meta = parent["metadata"]
+        body = {
+            "apiVersion": naming.API_VERSION,
+            "kind": naming.KIND,
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "status": dict(status),
+        }
+        return self.apply(body, subresource="status")
+
+    def delete(self, obj: Mapping[str, Any]) -> None:
+        """Deletes ``obj`` if it is still the object we saw (same UID)."""
+        meta = obj["metadata"]
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": meta["uid"]},
+                "propagationPolicy": "Background"}
+        try:
+            self._request("DELETE", _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]),
+                          body=body, content_type="application/json")
+        except ApiError as exc:
+            if exc.status not in (404, 409):
+                raise
+
+
+def _message(data: bytes) -> str:
+    try:
+        return str(json.loads(data).get("message", ""))
+    except (ValueError, AttributeError):
+        return data[:500].decode("utf-8", "replace")
+
+
+def connect(kubeconfig: str | None = None) -> Kube:
+    """A client from ``kubeconfig``, else the in-cluster service account, else $KUBECONFIG as it is now."""
+    configuration = client.Configuration()
+    # One connection per concurrent reconcile (kopf's workers plus the child-event threads).
+    configuration.connection_pool_maxsize = 32
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+            return Kube(client.ApiClient(configuration))
+        except config.ConfigException:
+            kubeconfig = os.environ.get("KUBECONFIG")
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return Kube(client.ApiClient(configuration))

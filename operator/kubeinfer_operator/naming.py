@@ -1,0 +1,113 @@
+"""Deterministic child names, labels and DNS names, all derived from the parent.
+
+A child's name is a function of its parent's name only, so a restarted
+operator finds what it made before instead of making it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+GROUP = "kubeinfer.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "InferenceDeployment"
+PLURAL = "inferencedeployments"
+FIELD_MANAGER = "kubeinfer"
+HANDOVER_MANAGER = "kubeinfer-handover-to-hpa"
+MANAGED_BY = "kubeinfer"
+SERVER_APP = "kubeinfer-server"
+
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+QUEUE_DEPTH_METRIC = "kubeinfer_queue_depth"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+ROLE_LABEL = "kubeinfer.io/role"
+CLIENT_LABEL = "kubeinfer.io/client"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """The labels that select this InferenceDeployment's pods (immutable once applied)."""
+    return {"app.kubernetes.io/name": SERVER_APP, "app.kubernetes.io/instance": name}
+
+
+def labels(name: str, **extra: str) -> dict[str, str]:
+    """The labels every child carries."""
+    return {**selector_labels(name), "app.kubernetes.io/managed-by": MANAGED_BY, **extra}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def children_selector(name: str) -> str:
+    """Selects every child of ``name`` (and its pods)."""
+    return selector_string(name) + f",app.kubernetes.io/managed-by={MANAGED_BY}"
+
+
+def deployment_name(name: str) -> str:
+    return name
+
+
+def service_name(name: str) -> str:
+    return name
+
+
+def headless_service_name(name: str) -> str:
+    return f"{name}-headless"
+
+
+def hpa_name(name: str) -> str:
+    return name
+
+
+def pdb_name(name: str) -> str:
+    return name
+
+
+def ca_secret_name(name: str) -> str:
+    return f"{name}-ca"
+
+
+def server_secret_name(name: str) -> str:
+    return f"{name}-tls"
+
+
+def client_secret_name(name: str, client: str) -> str:
+    return f"{name}-client-{client}"
+
+
+def service_dns_names(name: str, namespace: str, cluster_domain: str) -> list[str]:
+    """Every name a client may dial the server by: the certificate's SANs."""
+    names = []
+    for service in (service_name(name), headless_service_name(name)):
+        names += [
+            service,
+            f"{service}.{namespace}",
+            f"{service}.{namespace}.svc",
+            f"{service}.{namespace}.svc.{cluster_domain}",
+        ]
+    return names
+
+
+def endpoint(name: str, namespace: str) -> str:
+    return f"{service_name(name)}.{namespace}.svc:{GRPC_PORT}"
+
+
+def headless_endpoint(name: str, namespace: str) -> str:
+    return f"{headless_service_name(name)}.{namespace}.svc:{GRPC_PORT}"
+
+
+def owner_reference(parent: Mapping[str, object]) -> dict[str, object]:
+    """The controller owner reference to ``parent`` (an InferenceDeployment body)."""
+    meta = parent["metadata"]
+    assert isinstance(meta, Mapping)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

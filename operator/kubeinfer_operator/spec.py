@@ -1,0 +1,277 @@
+"""The InferenceDeployment spec as typed, frozen values, validated at the edge.
+
+``parse`` turns the API object's ``spec`` (a plain mapping, schema defaults
+already applied by the API server) into an ``InferenceSpec``. It re-applies the
+schema's defaults and re-checks its cross-field rules, so a spec admitted under
+an older CRD still fails here, loudly, as ``SpecError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kubeinfer_operator.settings import Settings
+
+PROVIDERS = ("TensorRT", "CUDA", "CPU")
+TLS_MODES = ("Mutual", "Server", "Disabled")
+RESOURCE_KEYS = ("cpu", "memory", "ephemeral-storage")
+DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}}
+
+
+class SpecError(ValueError):
+    """The spec cannot be served as written; the message says what must hold."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    name: str
+    uri: str
+    sha256: str | None = None
+
+    @property
+    def pvc_claim(self) -> str | None:
+        """The claim of a ``pvc://CLAIM/path`` URI, else None."""
+        if not self.uri.startswith("pvc://"):
+            return None
+        return self.uri[len("pvc://"):].split("/", 1)[0]
+
+    @property
+    def pvc_path(self) -> str | None:
+        if not self.uri.startswith("pvc://"):
+            return None
+        return self.uri[len("pvc://"):].split("/", 1)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    image: str
+    image_pull_policy: str | None = None
+    execution_providers: tuple[str, ...] = ("CPU",)
+    intra_op_threads: int | None = None
+    instances: int = 1
+    drain_grace_seconds: int = 30
+    max_connection_age_seconds: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    max_batch_size: int = 32
+    max_queue_delay_microseconds: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    count: int
+    resource_name: str = "nvidia.com/gpu"
+    product: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int
+    max_replicas: int
+    target_queue_depth: int = 8
+    scale_up_stabilization_seconds: int = 0
+    scale_down_stabilization_seconds: int = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    mode: str = "Server"
+    clients: tuple[str, ...] = ()
+    allowed_clients: tuple[str, ...] = ()
+    client_ca_secret_name: str | None = None
+    certificate_duration_seconds: int = 90 * 86400
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "Disabled"
+
+    @property
+    def mutual(self) -> bool:
+        return self.mode == "Mutual"
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSpec:
+    """Everything the builders need, for one InferenceDeployment."""
+
+    name: str
+    namespace: str
+    model: Model
+    runtime: Runtime
+    batching: Batching
+    resources: Mapping[str, Mapping[str, str]]
+    gpu: Gpu | None
+    node_selector: Mapping[str, str]
+    tolerations: tuple[Mapping[str, Any], ...]
+    affinity: Mapping[str, Any]
+    replicas: int | None
+    autoscaling: Autoscaling | None
+    tls: Tls
+
+    @property
+    def max_pods(self) -> int:
+        """The most replicas this spec can run."""
+        if self.autoscaling is not None:
+            return self.autoscaling.max_replicas
+        return self.replicas if self.replicas is not None else 1
+
+
+def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings) -> InferenceSpec:
+    """The typed spec, or SpecError naming the first rule that does not hold."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec must be an object")
+    if spec.get("replicas") is not None and spec.get("autoscaling") is not None:
+        raise SpecError("spec.replicas and spec.autoscaling must not both be set")
+    return InferenceSpec(
+        name=name,
+        namespace=namespace,
+        model=_model(name, _obj(spec, "model")),
+        runtime=_runtime(_obj(spec, "runtime"), settings),
+        batching=_batching(_obj(spec, "batching")),
+        resources=_resources(spec.get("resources")),
+        gpu=_gpu(spec.get("gpu")),
+        node_selector={str(k): str(v) for k, v in _obj(spec, "nodeSelector").items()},
+        tolerations=tuple(dict(t) for t in _list(spec, "tolerations")),
+        affinity=dict(_obj(spec, "affinity")),
+        replicas=_int(spec, "replicas", None, 0, 1000),
+        autoscaling=_autoscaling(spec.get("autoscaling")),
+        tls=_tls(_obj(spec, "tls"), settings),
+    )
+
+
+def _model(default_name: str, raw: Mapping[str, Any]) -> Model:
+    uri = raw.get("uri")
+    if not isinstance(uri, str) or "://" not in uri:
+        raise SpecError("model.uri must be a URI such as s3://bucket/model.onnx or pvc://CLAIM/path")
+    model = Model(name=str(raw.get("name") or default_name), uri=uri, sha256=raw.get("sha256"))
+    if uri.startswith("pvc://") and (not model.pvc_claim or "/" not in uri[len("pvc://"):]):
+        raise SpecError("a pvc:// model.uri must look like pvc://CLAIM/path/to/model.onnx")
+    if uri.startswith("pvc://") and model.sha256:
+        raise SpecError("model.sha256 must not be set for a pvc:// uri")
+    return model
+
+
+def _runtime(raw: Mapping[str, Any], settings: Settings) -> Runtime:
+    providers = tuple(raw.get("executionProviders") or ("CPU",))
+    unknown = [p for p in providers if p not in PROVIDERS]
+    if unknown:
+        raise SpecError(f"runtime.executionProviders must be among {', '.join(PROVIDERS)}, not {unknown[0]}")
+    return Runtime(
+        image=str(raw.get("image") or settings.server_image),
+        image_pull_policy=raw.get("imagePullPolicy"),
+        execution_providers=providers,
+        intra_op_threads=_int(raw, "intraOpThreads", None, 1, 256),
+        instances=_int(raw, "instances", 1, 1, 64),
+        drain_grace_seconds=_int(raw, "drainGraceSeconds", 30, 0, 3600),
+        max_connection_age_seconds=_int(raw, "maxConnectionAgeSeconds", 0, 0, 86400),
+    )
+
+
+def _batching(raw: Mapping[str, Any]) -> Batching:
+    batching = Batching(
+        max_batch_size=_int(raw, "maxBatchSize", 32, 0, 4096),
+        max_queue_delay_microseconds=_int(raw, "maxQueueDelayMicroseconds", 2000, 0, 10_000_000),
+        preferred_batch_sizes=tuple(int(s) for s in _list(raw, "preferredBatchSizes")),
+        max_queue_size=_int(raw, "maxQueueSize", 1024, 1, 1_000_000),
+    )
+    if any(s > batching.max_batch_size for s in batching.preferred_batch_sizes):
+        raise SpecError("every batching.preferredBatchSizes entry must be at most batching.maxBatchSize")
+    return batching
+
+
+def _resources(raw: Any) -> Mapping[str, Mapping[str, str]]:
+    if raw is None:
+        raw = DEFAULT_RESOURCES
+    parsed: dict[str, dict[str, str]] = {}
+    for section in ("requests", "limits"):
+        values = raw.get(section) or {}
+        bad = [k for k in values if k not in RESOURCE_KEYS]
+        if bad:
+            raise SpecError(f"resources.{section} must name only cpu, memory and ephemeral-storage, not {bad[0]}")
+        if values:
+            parsed[section] = {k: str(v) for k, v in values.items()}
+    return parsed
+
+
+def _gpu(raw: Any) -> Gpu | None:
+    if not raw:
+        return None
+    count = _int(raw, "count", None, 1, 16)
+    if count is None:
+        if raw.get("product"):
+            raise SpecError("gpu.product needs gpu.count")
+        return None
+    return Gpu(count=count, resource_name=str(raw.get("resourceName") or "nvidia.com/gpu"), product=raw.get("product"))
+
+
+def _autoscaling(raw: Any) -> Autoscaling | None:
+    if raw is None:
+        return None
+    scaling = Autoscaling(
+        min_replicas=_int(raw, "minReplicas", 1, 1, 1000),
+        max_replicas=_int(raw, "maxReplicas", None, 1, 1000) or 0,
+        target_queue_depth=_int(raw, "targetQueueDepth", 8, 1, 100_000),
+        scale_up_stabilization_seconds=_int(raw, "scaleUpStabilizationSeconds", 0, 0, 3600),
+        scale_down_stabilization_seconds=_int(raw, "scaleDownStabilizationSeconds", 300, 0, 3600),
+    )
+    if scaling.max_replicas < 1:
+        raise SpecError("autoscaling.maxReplicas must be set")
+    if scaling.min_replicas > scaling.max_replicas:
+        raise SpecError("autoscaling.minReplicas must be at most autoscaling.maxReplicas")
+    if raw.get("engine", "HPA") != "HPA":
+        raise SpecError("autoscaling.engine must be HPA")
+    return scaling
+
+
+def _tls(raw: Mapping[str, Any], settings: Settings) -> Tls:
+    tls = Tls(
+        mode=str(raw.get("mode") or "Server"),
+        clients=tuple(str(c["name"]) for c in _list(raw, "clients")),
+        allowed_clients=tuple(str(c) for c in _list(raw, "allowedClients")),
+        client_ca_secret_name=raw.get("clientCASecretName"),
+        certificate_duration_seconds=_int(
+            raw, "certificateDurationSeconds", settings.certificate_duration_seconds, 3600, 315_360_000
+        ),
+    )
+    if tls.mode not in TLS_MODES:
+        raise SpecError(f"tls.mode must be one of {', '.join(TLS_MODES)}")
+    if tls.mutual and not tls.clients and not tls.client_ca_secret_name:
+        raise SpecError("tls.mode Mutual needs at least one entry in tls.clients, or tls.clientCASecretName")
+    if tls.allowed_clients and not tls.mutual:
+        raise SpecError("tls.allowedClients needs tls.mode Mutual")
+    if tls.clients and not tls.enabled:
+        raise SpecError("tls.clients must be empty when tls.mode is Disabled")
+    return tls
+
+
+def _obj(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{key} must be an object")
+    return value
+
+
+def _list(raw: Mapping[str, Any], key: str) -> Sequence[Any]:
+    value = raw.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SpecError(f"{key} must be a list")
+    return value
+
+
+def _int(raw: Mapping[str, Any], key: str, default: int | None, low: int, high: int) -> int | None:
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecError(f"{key} must be an integer from {low} to {high}")
+    return value

@@ -1,0 +1,203 @@
+"""Status and conditions computed from observed children (pure).
+
+Covers: Ready/Available when every desired replica is available; rollout in
+progress (Progressing=True, RolloutInProgress) until the Deployment controller
+caught up and old pods are gone; WaitingForGPU naming the missing product and
+resource from the scheduler's message; Unschedulable without a GPU;
+ModelFetchFailed quoting the fetch's termination message; image pull and crash
+loop problems; ProgressDeadlineExceeded; ScaledToZero; InvalidSpec; ClientCANotFound;
+lastTransitionTime kept while a status holds; status fields (endpoint,
+selector, readiness text, autoscaling text, certificate expiry).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from kubeinfer_operator.conditions import Observed, compute_status, merge_conditions, pod_problem
+
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+LATER = NOW + dt.timedelta(minutes=5)
+
+
+def _deployment(replicas=2, ready=2, available=2, updated=2, current=2, generation=3, observed=3, conditions=()):
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {"observedGeneration": observed, "replicas": current, "readyReplicas": ready,
+                   "availableReplicas": available, "updatedReplicas": updated, "conditions": list(conditions)},
+    }
+
+
+def _by_type(status):
+    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in status["conditions"]}
+
+
+def _status(spec, observed, previous=None, now=NOW, **kw):
+    return compute_status("fraud", "ml", 7, spec, None, observed, previous or {}, now, **kw)
+
+
+def _unschedulable(message):
+    return {"metadata": {"name": "p"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]}}
+
+
+def test_available(make_spec):
+    status = _status(make_spec(replicas=2), Observed(_deployment()),
+                     certificate_not_after=dt.datetime(2026, 5, 30, tzinfo=dt.timezone.utc))
+    assert _by_type(status) == {
+        "Ready": ("True", "Available", "2/2 replicas serving fraud"),
+        "Progressing": ("False", "Available", "Rollout complete: 2/2 replicas serving fraud"),
+        "Degraded": ("False", "AsExpected", "No problem observed"),
+    }
+    assert status["observedGeneration"] == 7
+    assert status["endpoint"] == "fraud.ml.svc:8001"
+    assert status["headlessEndpoint"] == "fraud-headless.ml.svc:8001"
+    assert status["selector"] == "app.kubernetes.io/name=kubeinfer-server,app.kubernetes.io/instance=fraud"
+    assert (status["replicas"], status["readyReplicas"], status["readiness"]) == (2, 2, "2/2")
+    assert status["autoscaling"] == "Off" and status["model"] == "fraud"
+    assert status["certificateNotAfter"] == "2026-05-30T00:00:00Z"
+    assert all(c["observedGeneration"] == 7 for c in status["conditions"])
+
+
+def test_rollout_in_progress_while_old_pods_serve(make_spec):
+    observed = Observed(_deployment(updated=1, current=3, generation=4, observed=4))
+    conditions = _by_type(_status(make_spec(replicas=2), observed))
+    assert conditions["Ready"][0:2] == ("True", "Available")
+    assert conditions["Progressing"] == ("True", "RolloutInProgress", "1/2 replicas updated, 2 available")
+
+
+def test_controller_not_caught_up_is_progressing(make_spec):
+    conditions = _by_type(_status(make_spec(replicas=2), Observed(_deployment(generation=5, observed=4))))
+    assert conditions["Progressing"][0:2] == ("True", "RolloutInProgress")
+
+
+def test_nothing_ready_yet(make_spec):
+    observed = Observed(_deployment(ready=0, available=0, updated=0, current=0, observed=2))
+    conditions = _by_type(_status(make_spec(replicas=2), observed))
+    assert conditions["Ready"] == ("False", "RolloutInProgress", "0/2 replicas ready")
+    assert _by_type(_status(make_spec(), Observed(None)))["Ready"][0:2] == ("False", "RolloutInProgress")
+
+
+def test_waiting_for_gpu_names_the_missing_product(make_spec):
+    spec = make_spec(gpu={"count": 1, "product": "NVIDIA-B200"})
+    pod = _unschedulable("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector. "
+                         "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.")
+    conditions = _by_type(_status(spec, Observed(_deployment(1, 0, 0, 1, 1), [pod])))
+    status, reason, message = conditions["Ready"]
+    assert (status, reason) == ("False", "WaitingForGPU")
+    assert "no node matching nvidia.com/gpu.product=NVIDIA-B200" in message
+    assert "didn't match Pod's node affinity/selector" in message
+    assert conditions["Degraded"][0:2] == ("True", "WaitingForGPU")
+
+
+def test_waiting_for_gpu_names_the_missing_resource(make_spec):
+    spec = make_spec(gpu={"count": 8, "product": "NVIDIA-A10"})
+    pod = _unschedulable("0/3 nodes are available: 1 Insufficient nvidia.com/gpu, 2 node(s) didn't match "
+                         "Pod's node affinity/selector.")
+    problem = pod_problem(spec, [pod])
+    assert problem.reason == "WaitingForGPU"
+    assert "not enough free nvidia.com/gpu (8 per pod)" in problem.message
+
+
+def test_unschedulable_without_gpu(make_spec):
+    problem = pod_problem(make_spec(), [_unschedulable("0/3 nodes are available: 3 Insufficient cpu.")])
+    assert problem.reason == "Unschedulable" and "Insufficient cpu" in problem.message
+
+
+def test_model_fetch_failed_quotes_the_fetch(make_spec):
+    pod = {"metadata": {"name": "p"}, "status": {"initContainerStatuses": [{
+        "name": "fetch", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                                     "message": "Traceback...\nfetch s3://models/fraud/3/model.onnx: not found\n"}}}]}}
+    conditions = _by_type(_status(make_spec(), Observed(_deployment(1, 0, 0, 1, 1), [pod])))
+    assert conditions["Ready"] == (
+        "False", "ModelFetchFailed",
+        "Fetching model s3://models/fraud/3/model.onnx failed: exit code 1: fetch s3://models/fraud/3/model.onnx: not found")
+    assert conditions["Degraded"][1] == "ModelFetchFailed"
+
+
+def test_fetch_failure_outranks_scheduling(make_spec):
+    fetch = {"metadata": {"name": "a"}, "status": {"initContainerStatuses": [
+        {"name": "fetch", "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}]}}
+    problem = pod_problem(make_spec(), [_unschedulable("0/1 nodes are available"), fetch])
+    assert problem.reason == "ModelFetchFailed" and "exit code 2: Error" in problem.message
+
+
+def test_image_pull_and_crash_loop(make_spec):
+    pull = {"metadata": {"name": "a"}, "status": {"containerStatuses": [
+        {"name": "server", "image": "x/y:1", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}
+    assert pod_problem(make_spec(), [pull]).reason == "ImagePullFailed"
+    crash = {"metadata": {"name": "a"}, "status": {"containerStatuses": [
+        {"name": "server", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+         "lastState": {"terminated": {"exitCode": 3, "message": "model is not ONNX"}}}]}}
+    problem = pod_problem(make_spec(), [crash])
+    assert problem.reason == "ServerCrashLoop" and "model is not ONNX" in problem.message
+
+
+def test_terminating_pods_are_ignored(make_spec):
+    pod = _unschedulable("0/3 nodes are available")
+    pod["metadata"]["deletionTimestamp"] = "2026-03-01T12:00:00Z"
+    assert pod_problem(make_spec(), [pod]) is None
+
+
+def test_progress_deadline_exceeded_is_degraded(make_spec):
+    deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                "message": 'ReplicaSet "fraud-1" has timed out progressing.'}
+    observed = Observed(_deployment(ready=1, available=1, updated=1, conditions=[deadline]))
+    conditions = _by_type(_status(make_spec(replicas=2), observed))
+    assert conditions["Degraded"][0:2] == ("True", "ProgressDeadlineExceeded")
+    assert conditions["Ready"][0:2] == ("False", "ProgressDeadlineExceeded")
+
+
+def test_scaled_to_zero(make_spec):
+    conditions = _by_type(_status(make_spec(replicas=0), Observed(_deployment(0, 0, 0, 0, 0))))
+    assert conditions["Ready"][0:2] == ("False", "ScaledToZero")
+
+
+def test_invalid_spec():
+    status = compute_status("fraud", "ml", 2, None, "spec.replicas and spec.autoscaling must not both be set",
+                            Observed(), {}, NOW)
+    conditions = _by_type(status)
+    assert conditions["Ready"] == ("False", "InvalidSpec", "spec.replicas and spec.autoscaling must not both be set")
+    assert conditions["Degraded"][0:2] == ("True", "InvalidSpec")
+    assert "model" not in status
+
+
+def test_autoscaling_text_and_live_replicas(make_spec):
+    spec = make_spec(autoscaling={"minReplicas": 2, "maxReplicas": 10, "targetQueueDepth": 8})
+    status = _status(spec, Observed(_deployment(replicas=4, ready=3, available=3, updated=4, current=4)))
+    assert status["autoscaling"] == "2-10 @ queue 8"
+    assert status["readiness"] == "3/4"
+
+
+def test_transition_time_moves_only_with_status(make_spec):
+    first = _status(make_spec(replicas=2), Observed(_deployment(ready=1, available=1)))
+    second = _status(make_spec(replicas=2), Observed(_deployment(ready=1, available=1, updated=1)), first, LATER)
+    assert first["conditions"] == [dict(c, lastTransitionTime=c["lastTransitionTime"]) for c in first["conditions"]]
+    times = {c["type"]: c["lastTransitionTime"] for c in second["conditions"]}
+    assert times["Ready"] == "2026-03-01T12:00:00Z"
+    third = _status(make_spec(replicas=2), Observed(_deployment()), second, LATER)
+    assert {c["type"]: c["lastTransitionTime"] for c in third["conditions"]}["Ready"] == "2026-03-01T12:05:00Z"
+
+
+def test_same_inputs_same_status(make_spec):
+    spec = make_spec(replicas=2)
+    first = _status(spec, Observed(_deployment()))
+    assert _status(spec, Observed(_deployment()), first, LATER) == first
+
+
+def test_merge_conditions_shapes_api_conditions():
+    merged = merge_conditions([], [("Ready", "True", "Available", "ok")], 3, NOW)
+    assert merged == [{"type": "Ready", "status": "True", "reason": "Available", "message": "ok",
+                       "observedGeneration": 3, "lastTransitionTime": "2026-03-01T12:00:00Z"}]
+
+
+def test_missing_client_ca_blocks_with_its_own_reason(make_spec):
+    spec = make_spec(tls={"mode": "Mutual", "clientCASecretName": "corp-ca"})
+    status = compute_status("fraud", "ml", 1, spec, "Secret ml/corp-ca with a ca.crt key was not found",
+                            Observed(), {}, NOW, error_reason="ClientCANotFound")
+    conditions = _by_type(status)
+    assert conditions["Ready"] == ("False", "ClientCANotFound", "Secret ml/corp-ca with a ca.crt key was not found")
+    assert conditions["Degraded"][0:2] == ("True", "ClientCANotFound")
+    assert status["model"] == "fraud"
