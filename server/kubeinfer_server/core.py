@@ -3,7 +3,9 @@
 ``ServedModel`` validates a request against the model's signature, queues it
 on the model's batcher and turns a batch into one ONNX Runtime run: one
 concatenate per input, the run in a worker thread, outputs split back as views.
-``Repository`` holds the served models and the server's readiness. The gRPC
+Batches predicted to run in under a millisecond run on the event loop itself,
+where a thread hop would cost more than the run; the rest run in a thread pool
+(ONNX Runtime releases the GIL), one thread per instance. ``Repository`` holds the served models and the server's readiness. The gRPC
 servicer is a thin adapter over these.
 """
 
@@ -28,6 +30,7 @@ from kubeinfer_server.stats import ModelStats
 log = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
+INLINE_BELOW_S = 0.001  # batches predicted to run faster than this run on the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class ServedModel:
         self._inputs = {spec.name: spec for spec in model.inputs}
         self.batcher = Batcher(batching, self._execute, listener=self)
         self._executing_requests = 0
+        self._row_cost_s = INLINE_BELOW_S  # EWMA of compute seconds per row; starts pessimistic
         self._queue_hist = metrics.queue_duration.labels(model.name)
         self._compute_hist = metrics.compute_duration.labels(model.name)
         self._batch_hist = metrics.batch_size.labels(model.name)
@@ -156,18 +160,27 @@ class ServedModel:
     async def _execute(self, payloads: Sequence[_Payload]) -> list:
         instance = self._free_instances.pop()
         self._executing_requests += len(payloads)
-        loop = asyncio.get_running_loop()
+        rows = sum(p.rows for p in payloads)
         try:
-            results, rows, timings = await loop.run_in_executor(
-                self._pool, self._run_batch, instance, payloads
-            )
+            if self._inline(rows):
+                results, rows, timings = self._run_batch(instance, payloads)
+            else:
+                results, rows, timings = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._run_batch, instance, payloads
+                )
         finally:
             self._free_instances.append(instance)
             self._executing_requests -= len(payloads)
+        self._row_cost_s += 0.2 * (sum(timings) / rows - self._row_cost_s)
         self.stats.record_batch(rows, len(payloads), timings)
         self._compute_hist.observe(sum(timings))
         self._batch_hist.observe(rows)
         return results
+
+    def _inline(self, rows: int) -> bool:
+        """Run on the event loop when cheap: a thread hop (and the GIL hand-offs it brings)
+        costs more than a sub-millisecond run. Only one instance can run inline."""
+        return self.batching.instances == 1 and self._row_cost_s * rows < INLINE_BELOW_S
 
     def _run_batch(self, instance: int, payloads: Sequence[_Payload]):
         """Runs in a worker thread: concatenate once, run once, split into views."""

@@ -65,16 +65,16 @@ def test_sigterm_drains_every_accepted_request(slow_model):
                            "--intra-op-threads=1").start()
     try:
         client = tc.InferenceServerClient(server.url)
-        answers = _fire(client, 24, rows=4)
-        _wait_for(lambda: (_metric(server, "kubeinfer_queue_depth") or 0) >= 20, 20,
+        answers = _fire(client, 32, rows=4)
+        _wait_for(lambda: (_metric(server, "kubeinfer_queue_depth") or 0) >= 16, 30,
                   "the queue depth metric never showed the accepted requests")
         server.terminate()
         _wait_for(lambda: _readyz(server) == 503, 10, "readiness did not turn off on SIGTERM")
         with pytest.raises(InferenceServerException):
             tc.InferenceServerClient(server.url).infer("slow", _request(), client_timeout=5)
-        results = [answers.get(timeout=60) for _ in range(24)]
+        results = [answers.get(timeout=60) for _ in range(32)]
         assert [e for _, e in results if e is not None] == []
-        assert sorted(int(r.get_response().id) for r, _ in results) == list(range(24))
+        assert sorted(int(r.get_response().id) for r, _ in results) == list(range(32))
         assert server.wait(60) == 0
         assert "Draining" in server.log() and "Stopped" in server.log()
     finally:
