@@ -52,7 +52,7 @@ def contains(live: Any, desired: Any) -> bool:
     if isinstance(desired, list):
         # Live may hold more items (an injected sidecar): only ours must match.
         return isinstance(live, list) and len(live) >= len(desired) and all(
-            contains(lv, dv) for lv, dv in zip(live, desired)
+            contains(lv, dv) for lv, dv in zip(live, desired, strict=False)
         )
     if isinstance(desired, str) and isinstance(live, str) and desired != live:
         return _same_quantity(desired, live)

@@ -53,26 +53,32 @@ class Server:
     def stop(self) -> None:
         self._stop.set()
 
-    async def serve(self, on_ready=None) -> None:
+    async def serve(self, on_ready=None, serve_http: bool = True) -> None:
         await self.grpc_server.start()
-        runner, self.metrics_port = await http.start(
-            http.build_app(self.metrics, self.ready), self.settings.host, self.settings.metrics_port
-        )
+        runner = None
+        if serve_http:
+            runner, self.metrics_port = await http.start(
+                http.build_app(self.metrics.registry, self.ready), self.settings.host, self.settings.metrics_port
+            )
         await self._set_health(NOT_SERVING)
         try:
             await asyncio.to_thread(self._load_models)
             self.repository.start()
             self.repository.ready = True
             await self._set_health(SERVING)
-            log.info("Serving %s on gRPC port %d, metrics port %d",
-                     ", ".join(self.repository.models), self.grpc_port, self.metrics_port)
+            if serve_http:
+                log.info("Serving %s on gRPC port %d, metrics port %d",
+                         ", ".join(self.repository.models), self.grpc_port, self.metrics_port)
+            else:
+                log.info("Worker ready: %s on gRPC port %d", ", ".join(self.repository.models), self.grpc_port)
             if on_ready is not None:
                 on_ready(self)
             await self._stop.wait()
             await self._drain()
         finally:
             await self.grpc_server.stop(0)
-            await runner.cleanup()
+            if runner is not None:
+                await runner.cleanup()
 
     async def _drain(self) -> None:
         grace = self.settings.grace_seconds
@@ -96,11 +102,11 @@ class Server:
             await self.health.set(source.name, status)
 
 
-def build_server(settings: ServeSettings) -> Server:
+def build_server(settings: ServeSettings, reuse_port: bool = False) -> Server:
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     if settings.max_connection_age_seconds:
         options += [
@@ -145,3 +151,12 @@ async def run(settings: ServeSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop)
     await server.serve()
+
+
+async def run_worker(settings: ServeSettings, on_ready) -> None:
+    """One of ``--workers`` processes: gRPC on the shared port, no HTTP (the parent serves it)."""
+    server = build_server(settings, reuse_port=True)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, server.stop)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the parent decides when to stop
+    await server.serve(on_ready=lambda _: on_ready(), serve_http=False)

@@ -77,6 +77,8 @@ def plan(rows: Sequence[int], oldest_wait_s: float, busy: int, config: BatchingC
 class Listener(Protocol):
     """What the serving core hears from the batcher (metrics, statistics)."""
 
+    def enqueued(self, pending: "Pending") -> None: ...
+
     def dispatched(self, batch: Sequence["Pending"], now: float) -> None: ...
 
     def dropped(self, pending: "Pending") -> None: ...
@@ -137,7 +139,10 @@ class Batcher:
                 f"queue is full ({self.config.max_queue_size} requests waiting); retry later"
             )
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(payload, rows, self._clock(), deadline, future))
+        pending = Pending(payload, rows, self._clock(), deadline, future)
+        self._queue.append(pending)
+        if self._listener is not None:
+            self._listener.enqueued(pending)
         if self._busy == 0 and len(self._queue) == 1:
             await self._run_idle()
         else:

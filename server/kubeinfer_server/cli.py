@@ -51,6 +51,8 @@ def _serve_parser(sub) -> None:
     p.add_argument("--max-connection-age-seconds", type=float,
                    default=float(_env("MAX_CONNECTION_AGE_SECONDS", 0)))
     p.add_argument("--max-message-bytes", type=int, default=int(_env("MAX_MESSAGE_BYTES", 64 * 1024 * 1024)))
+    p.add_argument("--workers", type=int, default=int(_env("WORKERS", 1)),
+                   help="server processes sharing the gRPC port (needs a fixed --grpc-port)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
 
 
@@ -105,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
     except ValueError as exc:
         command_parser.error(str(exc))
+    if args.workers < 1:
+        command_parser.error("--workers must be at least 1")
+    if args.workers > 1:
+        return _serve_workers(command_parser, settings, args.workers)
     from kubeinfer_server.app import run
 
     try:
@@ -113,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("Could not start: %s", exc)
         return 1
     return 0
+
+
+def _serve_workers(parser, settings, count: int) -> int:
+    from kubeinfer_server.workers import Supervisor
+
+    try:
+        supervisor = Supervisor(settings, count)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return asyncio.run(supervisor.run())
 
 
 def _fetch(parser, args) -> int:

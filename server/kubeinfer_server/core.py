@@ -80,15 +80,12 @@ class ServedModel:
         self._pool = ThreadPoolExecutor(batching.instances, thread_name_prefix=f"ort-{model.name}")
         self._inputs = {spec.name: spec for spec in model.inputs}
         self.batcher = Batcher(batching, self._execute, listener=self)
-        self._executing_requests = 0
         self._row_cost_s = INLINE_BELOW_S  # EWMA of compute seconds per row; starts pessimistic
         self._queue_hist = metrics.queue_duration.labels(model.name)
         self._compute_hist = metrics.compute_duration.labels(model.name)
         self._batch_hist = metrics.batch_size.labels(model.name)
-        metrics.queue_waiting.labels(model.name).set_function(lambda: self.batcher.waiting)
-        metrics.queue_depth.labels(model.name).set_function(
-            lambda: self.batcher.waiting + self._executing_requests
-        )
+        self._depth = metrics.queue_depth.labels(model.name)
+        self._waiting = metrics.queue_waiting.labels(model.name)
         metrics.model_info.labels(model.name, ",".join(model.providers), str(batching.instances)).set(1)
 
     @property
@@ -105,7 +102,11 @@ class ServedModel:
     async def infer(self, request: InferRequest) -> InferResult:
         feeds, rows = self._decode(request.inputs)
         selected = self._select_outputs(request.outputs)
-        outputs, batch_rows = await self.batcher.submit(_Payload(feeds, rows), rows, request.deadline)
+        self._depth.inc()
+        try:
+            outputs, batch_rows = await self.batcher.submit(_Payload(feeds, rows), rows, request.deadline)
+        finally:
+            self._depth.dec()
         return InferResult([(self.model.outputs[i], outputs[i]) for i in selected], batch_rows)
 
     def _decode(self, inputs: list[InputTensor]) -> tuple[dict[str, np.ndarray], int]:
@@ -159,7 +160,6 @@ class ServedModel:
 
     async def _execute(self, payloads: Sequence[_Payload]) -> list:
         instance = self._free_instances.pop()
-        self._executing_requests += len(payloads)
         rows = sum(p.rows for p in payloads)
         try:
             if self._inline(rows):
@@ -170,7 +170,6 @@ class ServedModel:
                 )
         finally:
             self._free_instances.append(instance)
-            self._executing_requests -= len(payloads)
         self._row_cost_s += 0.2 * (sum(timings) / rows - self._row_cost_s)
         self.stats.record_batch(rows, len(payloads), timings)
         self._compute_hist.observe(sum(timings))
@@ -204,14 +203,19 @@ class ServedModel:
         return results, rows, (concatenated - start, ran - concatenated, done - ran)
 
     # Listener: called by the batcher on the event loop.
+    def enqueued(self, pending: Pending) -> None:
+        self._waiting.inc()
+
     def dispatched(self, batch: Sequence[Pending], now: float) -> None:
+        self._waiting.dec(len(batch))
         for pending in batch:
             waited = now - pending.enqueued_at
             self.stats.queue.add(waited)
             self._queue_hist.observe(waited)
 
     def dropped(self, pending: Pending) -> None:
-        """Nothing to count: the servicer accounts the request's failure where it ends."""
+        """The servicer accounts the request's failure where it ends; here it only stops waiting."""
+        self._waiting.dec()
 
 
 class Repository:

@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from kubeinfer_server.metrics import Metrics
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
-def build_app(metrics: Metrics, is_ready: Callable[[], bool]) -> web.Application:
+def build_app(registry: CollectorRegistry, is_ready: Callable[[], bool]) -> web.Application:
     async def metrics_handler(request: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
+        body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:

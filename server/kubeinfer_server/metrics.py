@@ -1,8 +1,9 @@
 """Prometheus metrics: declared once, here. Names are a contract (ARCHITECTURE.md).
 
 ``kubeinfer_queue_depth`` is the autoscaling signal: requests accepted and not
-yet answered (waiting for a batch or executing), per model. The gauges read the
-batcher's counts when scraped, so the hot path pays nothing for them.
+yet answered (waiting for a batch or executing), per model. With ``--workers``
+each process writes its values to ``PROMETHEUS_MULTIPROC_DIR`` and the parent
+serves their sum (gauges ``livesum``: a dead worker's queue no longer counts).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ class Metrics:
         r = self.registry
         self.queue_depth = Gauge(
             "kubeinfer_queue_depth", "Requests accepted and not yet answered (waiting or executing).",
-            ["model"], registry=r,
+            ["model"], registry=r, multiprocess_mode="livesum",
         )
         self.queue_waiting = Gauge(
             "kubeinfer_queue_waiting", "Requests waiting for a batch.", ["model"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.requests = Counter(
             "kubeinfer_requests", "Inference requests answered, by gRPC status code and client identity.",
@@ -48,5 +50,14 @@ class Metrics:
         )
         self.model_info = Gauge(
             "kubeinfer_model_info", "Served models and the execution providers their sessions got.",
-            ["model", "providers", "instances"], registry=r,
+            ["model", "providers", "instances"], registry=r, multiprocess_mode="max",
         )
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """The parent's view with ``--workers``: every worker's values, combined."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry

@@ -1,0 +1,92 @@
+"""``--workers N``: several server processes sharing one gRPC port.
+
+Covers: the parent announces readiness once every worker is ready; requests
+over many connections all succeed; ``/metrics`` sums every worker
+(``kubeinfer_requests_total`` equals the requests sent) and keeps the
+queue-depth contract; SIGTERM drains every worker and the parent exits 0;
+a fixed port is required; a worker that dies takes the pod down (non-zero exit)
+rather than leaving it ready at half capacity.
+"""
+
+import os
+import re
+import signal
+import socket
+import time
+import urllib.request
+import concurrent.futures
+
+import numpy as np
+import tritonclient.grpc as tc
+
+from support.models import linear
+from support.serverproc import ServerProcess, run_cli
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _call(url: str, i: int) -> np.ndarray:
+    client = tc.InferenceServerClient(url)
+    try:
+        x = tc.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.full((1, 4), i, np.float32))
+        return client.infer("linear", [x]).as_numpy("logits")
+    finally:
+        client.close()
+
+
+def _worker_pids(parent: int) -> list[int]:
+    children = []
+    for task in os.listdir(f"/proc/{parent}/task"):
+        path = f"/proc/{parent}/task/{task}/children"
+        if os.path.exists(path):
+            children += [int(p) for p in open(path).read().split()]
+
+    def cmdline(pid):
+        return open(f"/proc/{pid}/cmdline", "rb").read()
+
+    # multiprocessing also starts a resource tracker; the workers run spawn_main
+    return [p for p in children if b"spawn_main" in cmdline(p) and b"resource_tracker" not in cmdline(p)]
+
+
+def test_workers_share_the_port_and_metrics_add_up(tmp_path):
+    model = linear(tmp_path / "linear.onnx")
+    port = _free_port()
+    server = ServerProcess(f"--model=linear={model}", "--workers=2", "--grace-seconds=10")
+    server.args[server.args.index("--grpc-port") + 1] = str(port)
+    with server:
+        assert "with 2 workers" in server.log()
+        assert len(re.findall(r"Worker ready", server.log())) == 2
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: _call(server.url, i), range(64)))
+        assert len(results) == 64 and all(r.shape == (1, 3) for r in results)
+        text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=5).read().decode()
+        total = sum(float(v) for v in re.findall(
+            r'^kubeinfer_requests_total\{client="anonymous",code="OK",model="linear"\} ([0-9.e+]+)$', text, re.M))
+        assert total == 64, text
+        assert re.search(r'^kubeinfer_queue_depth\{model="linear"\} 0\.0$', text, re.M), text
+        assert urllib.request.urlopen(f"{server.metrics_url}/readyz", timeout=5).status == 200
+        server.terminate()
+        assert server.wait(30) == 0
+    assert "Stopped" in server.log()
+
+
+def test_workers_need_a_fixed_port(tmp_path):
+    result = run_cli("serve", f"--model=linear={linear(tmp_path / 'l.onnx')}", "--grpc-port=0", "--workers=2")
+    assert result.returncode == 2 and "--workers needs a fixed --grpc-port" in result.stderr
+
+
+def test_a_dead_worker_stops_the_pod(tmp_path):
+    model = linear(tmp_path / "linear.onnx")
+    server = ServerProcess(f"--model=linear={model}", "--workers=2")
+    server.args[server.args.index("--grpc-port") + 1] = str(_free_port())
+    with server:
+        workers = _worker_pids(server.proc.pid)
+        assert len(workers) >= 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        assert server.wait(30) == 1
+    assert "exited with" in server.log()
