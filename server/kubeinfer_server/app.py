@@ -117,7 +117,8 @@ def build_server(settings: ServeSettings, reuse_port: bool = False) -> Server:
     metrics = Metrics()
     server = Server(settings, grpc_server, 0, metrics, HealthServicer())
     identity = Identity(settings.allowed_clients)
-    servicer = InferenceServicer(server.repository, metrics, AccessLog(settings.access_log_sample_rate), identity)
+    servicer = InferenceServicer(server.repository, metrics, AccessLog(settings.access_log_sample_rate), identity,
+                                 whole_server_statistics=not reuse_port)
     grpc_server.add_generic_rpc_handlers((generic_handler(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(server.health, grpc_server)
     _enable_reflection(grpc_server)

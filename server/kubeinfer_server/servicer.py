@@ -94,7 +94,10 @@ def encode_response(msg, served: ServedModel, result) -> object:
 
 class InferenceServicer:
     def __init__(self, repository: Repository, metrics: Metrics, access_log: AccessLog,
-                 identity: Identity) -> None:
+                 identity: Identity, whole_server_statistics: bool = True) -> None:
+        # A worker's ModelStatistics cover its own requests only: it does not advertise
+        # the "statistics" extension, so perf_analyzer does not mistake them for the server's.
+        self.extensions = [e for e in EXTENSIONS if whole_server_statistics or e != "statistics"]
         self.repository = repository
         self.metrics = metrics
         self.access_log = access_log
@@ -115,7 +118,7 @@ class InferenceServicer:
         return _Msg("ModelReadyResponse")(ready=self.repository.ready)
 
     async def ServerMetadata(self, request, context):
-        return _Msg("ServerMetadataResponse")(name="kubeinfer", version=__version__, extensions=EXTENSIONS)
+        return _Msg("ServerMetadataResponse")(name="kubeinfer", version=__version__, extensions=self.extensions)
 
     async def ModelMetadata(self, request, context):
         served = await self._model(request, context)

@@ -61,6 +61,8 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path):
     with server:
         assert "with 2 workers" in server.log()
         assert len(re.findall(r"Worker ready", server.log())) == 2
+        # per-worker statistics are not the server's: the extension is not advertised
+        assert "statistics" not in tc.InferenceServerClient(server.url).get_server_metadata().extensions
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda i: _call(server.url, i), range(64)))
         assert len(results) == 64 and all(r.shape == (1, 3) for r in results)
