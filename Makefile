@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test test-fast demo proto lint clean cluster-build cluster-up cluster-down bench
+.PHONY: venv test test-fast demo demo-server proto lint clean bench
 
 venv: $(STAMP)
 
@@ -26,9 +26,11 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 include hack/cluster.mk
+include hack/e2e.mk
 
-# The whole suite: unit, server, cluster (builds the control plane into ~/.cache/kubeinfer on first use).
-test: venv cluster-build
+# The whole suite: unit, server, cluster, operator, chart and end-to-end (builds the control
+# plane and the metrics adapter into ~/.cache/kubeinfer on first use; installs Prometheus).
+test: venv cluster-build e2e-deps
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -36,10 +38,18 @@ test: venv cluster-build
 test-fast: venv
 	$(PY) -m pytest -m "not cluster and not e2e" $(PYTEST_ARGS)
 
-demo: venv
+chart-lint: cluster-build
+	$$(hack/build-controlplane.sh bin-dir)/helm lint --strict charts/kubeinfer
+
+# The full flow on the local cluster (see README): cluster, helm install, a model served over mTLS, autoscaling.
+demo: demo-cluster
+
+# The model server alone: serve a sample model, call it, show batching and metrics.
+demo-server: venv
 	$(PY) examples/demo.py
 
 bench: venv
+	bench/install_perf_analyzer.sh
 	$(PY) bench/server_bench.py
 
 clean:

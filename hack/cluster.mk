@@ -16,8 +16,9 @@ cluster-build-adapter:
 cluster-up: venv cluster-build
 	@$(PY) hack/cluster.py up
 
+# The pod runner, Prometheus and the adapter (hack/e2e_stack.py) stop first.
 cluster-down:
-	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) hack/cluster.py down
+	@$(if $(wildcard $(PY)),$(PY) hack/e2e_stack.py down &&,) $(if $(wildcard $(PY)),$(PY),$(PYTHON)) hack/cluster.py down
 
 cluster-status:
 	@$(PY) hack/cluster.py status

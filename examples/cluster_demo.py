@@ -1,0 +1,153 @@
+"""The full kubeinfer flow on the local cluster: helm install, an InferenceDeployment, mTLS
+predictions, and the queue-depth HPA adding replicas under load.
+
+Run with ``make demo-cluster`` (root: the pod runner makes network namespaces). It builds
+what is missing (control plane, adapter, Prometheus; cold: about 20-25 minutes on 2
+cores, warm: seconds), starts the cluster, the pod runner, Prometheus and the adapter
+(``.cluster/``), and leaves everything running for you to explore; ``make cluster-down``
+stops it all. What is real and what the runner stands in for: docs/e2e.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "hack"))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "examples"))
+
+from localcluster import Cluster  # noqa: E402
+from make_models import make_mlp  # noqa: E402
+
+from e2e.e2ekit import RUNNER_PLACEMENT, Load, batch, client, infer, ready_addresses, write_secret  # noqa: E402
+from podrunner import testhost  # noqa: E402
+
+NAMESPACE, NAME, CLIENT = "ml", "fraud", "checkout"
+stack_cli = importlib.import_module("e2e_stack")  # hack/e2e_stack.py
+
+
+def say(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+class Kube:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60):
+        return self.cluster.kubectl(*args, check=check, input=input, timeout=timeout)
+
+    def helm(self, *args: str) -> None:
+        home = self.cluster.workdir / "helm"
+        env = {"KUBECONFIG": str(self.cluster.kubeconfig), "HELM_CACHE_HOME": str(home / "cache"),
+               "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data"),
+               "PATH": "/usr/bin:/bin"}
+        subprocess.run([str(self.cluster.bins / "helm"), *args], check=True, env=env)
+
+    def wait(self, what: str, check, timeout: float = 180) -> object:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = check()
+            if found:
+                return found
+            time.sleep(1)
+        raise SystemExit(f"timed out waiting for {what}; see .cluster/logs/")
+
+
+def build_and_start() -> Cluster:
+    say("Building what is missing (control plane, prometheus-adapter, Prometheus)")
+    included = "hack/e2e.mk" in (REPO / "Makefile").read_text()
+    files = [] if included else ["-f", "Makefile", "-f", "hack/e2e.mk"]
+    subprocess.run(["make", "--no-print-directory", *files, "e2e-deps"], cwd=REPO, check=True)
+    cluster = Cluster(REPO / ".cluster")
+    say("Starting the local cluster, the pod runner, Prometheus and prometheus-adapter")
+    cluster.up(timeout=180, log=lambda m: print(f"    {m}", flush=True))
+    stack_cli.up(cluster)
+    return cluster
+
+
+def infd_manifest() -> dict:
+    body = yaml.safe_load((REPO / "examples" / "inferencedeployment-cpu.yaml").read_text())
+    spec = body["spec"]
+    spec.pop("replicas", None)
+    spec["model"]["uri"] = testhost.store_url("fraud.onnx")
+    spec["resources"] = {"requests": {"cpu": "250m", "memory": "256Mi"}}
+    spec["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "targetQueueDepth": 4,
+                           "scaleDownStabilizationSeconds": 30}
+    spec["tls"] = {"mode": "Mutual", "clients": [{"name": CLIENT}], "allowedClients": [CLIENT]}
+    spec.update(RUNNER_PLACEMENT)  # the runner's node is tainted: only pods meant to run land there
+    return body
+
+
+def main() -> int:
+    started = time.monotonic()
+    cluster = build_and_start()
+    kube = Kube(cluster)
+    model = make_mlp(cluster.workdir / "model-store" / "fraud.onnx")
+    say(f"Made a sample model ({model.name}, [-1,256] -> [-1,16]) served by the model store at "
+        f"{testhost.store_url('fraud.onnx')}")
+
+    say("helm install kubeinfer (the operator pod runs on the pod runner, in-cluster config)")
+    values = cluster.workdir / "demo-values.json"
+    values.write_text(json.dumps({"watchNamespaces": [NAMESPACE], **RUNNER_PLACEMENT}))
+    kube.kubectl("create", "namespace", NAMESPACE, check=False)
+    kube.helm("upgrade", "--install", "kubeinfer", str(REPO / "charts" / "kubeinfer"),
+              "--namespace", "kubeinfer-system", "--create-namespace", "-f", str(values), "--wait",
+              "--timeout", "3m")
+    print(kube.kubectl("get", "pods", "-n", "kubeinfer-system", "-o", "wide").stdout)
+
+    say(f"kubectl apply an InferenceDeployment {NAMESPACE}/{NAME} (from examples/, model from the store, mTLS)")
+    kube.kubectl("apply", "-f", "-", input=json.dumps(infd_manifest()))
+    kube.wait("Ready", lambda: json.loads(kube.kubectl("get", "infd", NAME, "-n", NAMESPACE, "-o", "json").stdout)
+              .get("status", {}).get("readyReplicas"))
+    print(kube.kubectl("get", "infd,pods", "-n", NAMESPACE, "-o", "wide").stdout)
+
+    say("Calling the model over mutual TLS with the client Secret's certificate")
+    certs = write_secret(kube, NAMESPACE, f"{NAME}-client-{CLIENT}", cluster.workdir / "demo-client")
+    addresses = ready_addresses(kube, NAMESPACE, NAME)
+    x = batch(3, seed=7)
+    got = infer(client(addresses, certs, f"{NAME}.{NAMESPACE}.svc"), NAME, x)
+    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.set_printoptions(precision=4, suppress=True, linewidth=120)
+    print(f"pod {addresses[0]} answered:\n{got[:, :6]}\nin-process onnxruntime:\n{want[:, :6]}\n"
+          f"max abs difference: {np.abs(got - want).max():.2e}")
+
+    say("Putting load on it (16 concurrent clients, round robin over the ready pods); watch the HPA")
+    load = Load(kube, NAMESPACE, NAME, certs, workers=16, rows=32).start()
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 45:
+            status = json.loads(kube.kubectl("get", "hpa", NAME, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+            metric = (status.get("currentMetrics") or [{}])[0].get("pods", {}).get("current", {}).get("averageValue", "-")
+            print(f"  t={time.monotonic() - t0:4.0f}s  queue depth/pod={metric:>6}  replicas "
+                  f"{status.get('currentReplicas')}->{status.get('desiredReplicas')}  "
+                  f"serving pods={len(load.addresses)}  ok={load.ok} failed={len(load.failures)}", flush=True)
+            time.sleep(3)
+    finally:
+        load.stop()
+    print(kube.kubectl("get", "infd,hpa,pods", "-n", NAMESPACE, "-o", "wide").stdout)
+
+    kc = f"{cluster.bins / 'kubectl'} --kubeconfig {cluster.kubeconfig}"
+    say(f"Done in {time.monotonic() - started:.0f}s. Everything keeps running; try:")
+    print(f"""  {kc} get infd -n {NAMESPACE} -w            # scales back in ~30 s after the load stopped
+  {kc} get --raw '/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/pods/*/kubeinfer_queue_depth'
+  {kc} describe infd {NAME} -n {NAMESPACE}
+  {kc} edit infd {NAME} -n {NAMESPACE}       # e.g. spec.batching, spec.autoscaling
+  ls /run/kubeinfer-pods/*/logs/                  # the pods' logs (the runner has no 'kubectl logs')
+  curl -s 'http://127.0.0.1:{json.loads((cluster.workdir / 'monitoring.json').read_text())['prometheus'].rsplit(':', 1)[1]}/api/v1/query?query=kubeinfer_queue_depth'
+  make cluster-down                               # stops everything, removes the network namespaces""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Start and stop Prometheus and prometheus-adapter (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ADAPTER_RULES = REPO / "charts" / "kubeinfer" / "files" / "prometheus-adapter-rules.yaml"
+PROMETHEUS = Path(os.environ.get("KUBEINFER_PROMETHEUS", "/usr/bin/prometheus"))
+RUNNER_POD_IPS = r"10\.244\.(12[89]|1[3-9][0-9]|2[0-4][0-9]|25[0-4])\.[0-9]+"
+NAMESPACE = "kubeinfer-monitoring"
+VERSIONS = ("v1beta1", "v1beta2")
+Log = Callable[[str], None]
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class MissingComponent(RuntimeError):
+    """Prometheus or the adapter is not installed/built."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prometheus_config(targets_file: Path) -> dict:
+    """Scrape what the pod runner lists (file_sd): Debian's build has no Kubernetes SD.
+
+    The runner writes one target per running pod on its node that asks to be scraped
+    (``prometheus.io/scrape``), at podIP:``prometheus.io/port``, labelled with the
+    pod's namespace and name: what role-pod discovery plus the usual relabelling
+    give. The keep rule is a second guard: only addresses in the runner's subnet.
+    """
+    return {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{
+            "job_name": "kubeinfer-servers",
+            "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}],
+            "relabel_configs": [{"source_labels": ["__address__"],
+                                 "regex": RUNNER_POD_IPS + ":[0-9]+", "action": "keep"}],
+        }],
+    }
+
+
+def _spawn(workdir: Path, name: str, argv: list[str], tie_to_parent: bool) -> int:
+    from podrunner.containers import _die_with_runner
+    log = open(workdir / "logs" / f"{name}.log", "ab")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=workdir, start_new_session=True,
+                            preexec_fn=_die_with_runner if tie_to_parent else None)
+    log.close()
+    (workdir / f"{name}.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def running(workdir: Path) -> dict[str, int | None]:
+    out = {}
+    for name in ("prometheus", "prometheus-adapter"):
+        try:
+            pid = int((workdir / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            pid = None
+        out[name] = pid if pid and _alive(pid) else None
+    return out
+
+
+def _kubectl(bins: Path, kubeconfig: Path, *args: str, input: str | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(bins / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
+                          input=input, capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
+    return proc
+
+
+def _registration(adapter_port: int) -> list[dict]:
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "prometheus-adapter", "namespace": NAMESPACE},
+               "spec": {"type": "ExternalName", "externalName": "localhost",
+                        "ports": [{"name": "https", "port": adapter_port}]}}
+    apis = [{"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+             "metadata": {"name": f"{v}.custom.metrics.k8s.io"},
+             "spec": {"group": "custom.metrics.k8s.io", "version": v,
+                      "insecureSkipTLSVerify": True, "groupPriorityMinimum": 100,
+                      "versionPriority": 100 + 100 * i,
+                      "service": {"namespace": NAMESPACE, "name": "prometheus-adapter",
+                                  "port": adapter_port}}}
+            for i, v in enumerate(VERSIONS)]
+    return [service, *apis]
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, logs: list[Path]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    tails = "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+                      for p in logs if p.exists())
+    raise RuntimeError(f"timed out waiting for {what}\n{tails}")
+
+
+def start(workdir: Path, kubeconfig: Path, bins: Path, tie_to_parent: bool = False,
+          log: Log = lambda _m: None, timeout: float = 90) -> dict:
+    """Prometheus + adapter up and the APIServices Available; returns their addresses."""
+    adapter = bins / "prometheus-adapter"
+    for path, hint in ((PROMETHEUS, "make monitoring-install (apt-get install prometheus)"),
+                       (adapter, "make cluster-build-adapter")):
+        if not os.access(path, os.X_OK):
+            raise MissingComponent(f"{path} missing: run {hint}")
+    workdir = workdir.resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    stop(workdir, kubeconfig, bins)
+    prom_port, adapter_port = _free_port(), _free_port()
+    targets = workdir / "prometheus-targets.json"
+    if not targets.exists():
+        targets.write_text("[]")
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(targets)))
+    data = workdir / "prometheus-data"
+    shutil.rmtree(data, ignore_errors=True)
+    log(f"Starting Prometheus on 127.0.0.1:{prom_port}")
+    _spawn(workdir, "prometheus", [
+        str(PROMETHEUS), f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{prom_port}",
+        "--storage.tsdb.retention.time=2h", "--web.enable-lifecycle"], tie_to_parent)
+    prom_url = f"http://127.0.0.1:{prom_port}"
+    _wait("Prometheus /-/ready", lambda: _http_ok(f"{prom_url}/-/ready"), timeout,
+          [workdir / "logs" / "prometheus.log"])
+    log(f"Starting prometheus-adapter on 127.0.0.1:{adapter_port}")
+    (workdir / "adapter-certs").mkdir(exist_ok=True)
+    _spawn(workdir, "prometheus-adapter", [
+        str(adapter), f"--prometheus-url={prom_url}", f"--config={ADAPTER_RULES}",
+        "--metrics-relist-interval=2s", f"--secure-port={adapter_port}",
+        "--bind-address=127.0.0.1", f"--cert-dir={workdir / 'adapter-certs'}",
+        f"--lister-kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}", "--v=1"], tie_to_parent)
+    _kubectl(bins, kubeconfig, "create", "namespace", NAMESPACE, check=False)
+    _kubectl(bins, kubeconfig, "apply", "-f", "-",
+             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": _registration(adapter_port)}))
+    log("Waiting for the custom.metrics.k8s.io APIServices to turn Available")
+
+    def available() -> bool:
+        out = _kubectl(bins, kubeconfig, "get", "apiservices", "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        ok = {i["metadata"]["name"] for i in json.loads(out.stdout)["items"]
+              if any(c["type"] == "Available" and c["status"] == "True"
+                     for c in i.get("status", {}).get("conditions", []))}
+        return {f"{v}.custom.metrics.k8s.io" for v in VERSIONS} <= ok
+    _wait("APIService v1beta1/v1beta2.custom.metrics.k8s.io Available", available, timeout,
+          [workdir / "logs" / "prometheus-adapter.log"])
+    state = {"prometheus": prom_url, "adapter": f"https://127.0.0.1:{adapter_port}"}
+    (workdir / "monitoring.json").write_text(json.dumps(state))
+    return state
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def stop(workdir: Path, kubeconfig: Path, bins: Path, log: Log = lambda _m: None) -> None:
+    """APIServices first (an unavailable aggregated API slows every discovery), then processes."""
+    if Path(kubeconfig).exists():
+        _kubectl(bins, kubeconfig, "delete", "apiservice", "--ignore-not-found", "--wait=false",
+                 *[f"{v}.custom.metrics.k8s.io" for v in VERSIONS], check=False)
+    for name, pid in running(workdir).items():
+        if pid:
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+            log(f"Stopped {name} (pid {pid})")
+        (workdir / f"{name}.pid").unlink(missing_ok=True)

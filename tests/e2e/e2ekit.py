@@ -1,0 +1,135 @@
+"""Helpers for the end-to-end tests (imported as ``e2e.e2ekit``): the runner's tooling,
+Secrets on disk, ready endpoints from EndpointSlices, and a load client.
+
+The load client does what a client of the headless Service does with
+``dns:///NAME-headless...`` and ``round_robin``: it resolves the ready addresses (from
+the EndpointSlices, as cluster DNS would) once a second and, when they change, opens a
+new channel over all of them, with the Service's DNS name as the TLS server name.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "hack"))
+
+import monitoring  # noqa: E402,F401  (re-exported for the fixtures)
+from podrunner import net, service, testhost  # noqa: E402,F401
+
+RUNNER_PLACEMENT = {
+    "nodeSelector": {"kubeinfer.io/pod-runner": "true"},
+    "tolerations": [{"key": "kubeinfer.io/pod-runner", "operator": "Exists", "effect": "NoSchedule"}],
+}
+NO_PROXY = [("grpc.enable_http_proxy", 0)]
+
+
+def get_json(cluster, *args: str) -> dict:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def write_secret(cluster, namespace: str, name: str, directory: Path) -> Path:
+    """The Secret's keys as files (tls.crt, tls.key, ca.crt) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, value in get_json(cluster, "secret", name, "-n", namespace)["data"].items():
+        (directory / key).write_bytes(base64.b64decode(value))
+    return directory
+
+
+def ready_addresses(cluster, namespace: str, service_name: str) -> list[str]:
+    slices = get_json(cluster, "endpointslices", "-n", namespace,
+                      "-l", f"kubernetes.io/service-name={service_name}")["items"]
+    return sorted({a for s in slices for e in s.get("endpoints") or []
+                   if (e.get("conditions") or {}).get("ready") for a in e["addresses"]})
+
+
+def client(addresses: list[str], certs: Path | None, server_name: str,
+           ca: Path | None = None) -> tc.InferenceServerClient:
+    """tritonclient over every address (round robin), verifying ``server_name``."""
+    target = "ipv4:" + ",".join(f"{a}:8001" for a in addresses)
+    args = [("grpc.ssl_target_name_override", server_name), ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.max_receive_message_length", 64 << 20), *NO_PROXY]
+    ca = ca or (certs / "ca.crt" if certs else None)
+    key = str(certs / "tls.key") if certs else None
+    chain = str(certs / "tls.crt") if certs else None
+    return tc.InferenceServerClient(target, ssl=True, root_certificates=str(ca), private_key=key,
+                                    certificate_chain=chain, channel_args=args)
+
+
+def batch(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((rows, 256), dtype=np.float32)
+
+
+def infer(c: tc.InferenceServerClient, model: str, x: np.ndarray, timeout: float = 30) -> np.ndarray:
+    inp = tc.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return c.infer(model, [inp], client_timeout=timeout).as_numpy("output")
+
+
+@dataclass
+class Load:
+    """``workers`` threads calling ``model`` back to back until ``stop``; counts every outcome."""
+
+    cluster: object
+    namespace: str
+    name: str
+    certs: Path
+    workers: int = 16
+    rows: int = 32
+    ok: int = 0
+    failures: list = field(default_factory=list)
+    addresses: list = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _client: object = None
+
+    def start(self) -> "Load":
+        self._refresh()
+        threads = [threading.Thread(target=self._work, args=(i,), daemon=True)
+                   for i in range(self.workers)]
+        threads.append(threading.Thread(target=self._resolver, daemon=True))
+        self._threads = threads
+        for t in threads:
+            t.start()
+        return self
+
+    def _refresh(self) -> None:
+        found = ready_addresses(self.cluster, self.namespace, f"{self.name}-headless")
+        if found and found != self.addresses:
+            server = f"{self.name}-headless.{self.namespace}.svc"
+            self._client, self.addresses = client(found, self.certs, server), found
+
+    def _resolver(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self._refresh()
+            except Exception:  # noqa: BLE001  (an API hiccup: keep the last addresses)
+                pass
+
+    def _work(self, seed: int) -> None:
+        x = batch(self.rows, seed)
+        while not self._stop.is_set():
+            try:
+                infer(self._client, self.name, x)
+                with self._lock:
+                    self.ok += 1
+            except (InferenceServerException, grpc.RpcError) as exc:
+                with self._lock:
+                    self.failures.append((time.time(), str(exc)[:200]))
+
+    def stop(self) -> "Load":
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+        return self
