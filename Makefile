@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test test-fast demo demo-server proto lint clean bench
+.PHONY: venv test test-fast demo demo-server proto lint clean bench perf-analyzer chart-lint
 
 venv: $(STAMP)
 
@@ -30,7 +30,7 @@ include hack/e2e.mk
 
 # The whole suite: unit, server, cluster, operator, chart and end-to-end (builds the control
 # plane and the metrics adapter into ~/.cache/kubeinfer on first use; installs Prometheus).
-test: venv cluster-build e2e-deps
+test: venv cluster-build e2e-deps perf-analyzer
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -48,8 +48,10 @@ demo: demo-cluster
 demo-server: venv
 	$(PY) examples/demo.py
 
-bench: venv
+perf-analyzer:
 	bench/install_perf_analyzer.sh
+
+bench: venv perf-analyzer
 	$(PY) bench/server_bench.py
 
 clean:
