@@ -43,6 +43,11 @@ def _metric(server, name):
     return float(match[1]) if match else None
 
 
+def _answered(server) -> float:
+    text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r'^kubeinfer_requests_total\{[^}]*model="slow"\} ([0-9.e+]+)$', text, re.M))
+
+
 def _wait_for(predicate, timeout, message):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,14 +71,16 @@ def test_sigterm_drains_every_accepted_request(slow_model):
     try:
         client = tc.InferenceServerClient(server.url)
         answers = _fire(client, 32, rows=4)
-        _wait_for(lambda: (_metric(server, "kubeinfer_queue_depth") or 0) >= 16, 30,
+        # Accepted = in the server's queue (the depth metric) or already answered.
+        _wait_for(lambda: (_metric(server, "kubeinfer_queue_depth") or 0) + _answered(server) >= 32, 30,
                   "the queue depth metric never showed the accepted requests")
+        assert _answered(server) < 32, "every request was answered before SIGTERM: nothing to drain"
         server.terminate()
         _wait_for(lambda: _readyz(server) == 503, 10, "readiness did not turn off on SIGTERM")
         with pytest.raises(InferenceServerException):
             tc.InferenceServerClient(server.url).infer("slow", _request(), client_timeout=5)
         results = [answers.get(timeout=60) for _ in range(32)]
-        assert [e for _, e in results if e is not None] == []
+        assert [str(e) for _, e in results if e is not None] == []
         assert sorted(int(r.get_response().id) for r, _ in results) == list(range(32))
         assert server.wait(60) == 0
         assert "Draining" in server.log() and "Stopped" in server.log()
