@@ -1,0 +1,704 @@
+"""End-to-end autoscaling benchmark on the local cluster (real pods, Prometheus, adapter, HPA).
+
+    .venv/bin/python bench/e2e_bench.py [--steady-seconds 300] [--markdown bench/RESULTS.md] [--keep-stack]
+
+Needs root (the pod runner makes network namespaces) and the e2e stack's pieces
+(``make e2e-deps``). It brings up (or reuses) the local cluster, the pod runner,
+Prometheus, prometheus-adapter and the model store (``make e2e-up``), helm-installs the
+chart with the operator on the runner node, applies one InferenceDeployment with
+autoscaling (min 1, max 3, target queue depth 4, scale-down window 20 s, mTLS) and
+measures:
+
+1. load step -> HPA decision (status.desiredReplicas > 1) -> second pod Ready
+   (Deployment readyReplicas >= 2) -> the new pod serving (its kubeinfer_requests_total
+   > 0, read from podIP:8002/metrics and, as a cross-check, from Prometheus);
+2. scale events (changes of the Deployment's spec.replicas and of the HPA's
+   desiredReplicas, plus the HPA's SuccessfulRescale events) during a steady-load
+   period once scaled out (``--steady-seconds``, default 300): want none;
+3. failed requests during scale-in (a light client keeps running while the HPA goes
+   back to one pod) and during a forced certificate rotation (as
+   tests/e2e/test_rotation.py forces it: spec.tls.certificateDurationSeconds changes):
+   want zero.
+
+Load: the e2e kit's ``Load`` (tritonclient threads over mTLS, round robin over the
+ready addresses of the headless Service's EndpointSlices, re-resolved every second).
+Everything is bounded in time. At the end the InferenceDeployment is deleted while the
+operator still runs, the chart is uninstalled, and what this script started is
+stopped (``make cluster-down`` if it started the cluster, else ``make e2e-down`` if it
+started the e2e stack; ``--keep-stack`` leaves it running).
+
+With ``--markdown FILE`` the section "## End to end: autoscaling on the local cluster"
+(between ``<!-- e2e_bench:begin -->`` and ``<!-- e2e_bench:end -->``) is replaced or
+appended; the rest of the file is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for extra in (REPO / "hack", REPO / "tests", REPO / "tests" / "e2e", REPO / "examples"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
+from localcluster import Cluster  # noqa: E402
+from make_models import make_mlp  # noqa: E402
+
+from e2e.e2ekit import (RUNNER_PLACEMENT, Load, batch, client, infer, monitoring,  # noqa: E402
+                        ready_addresses, service, testhost, write_secret)
+
+NAME = "bench"
+MODEL_FILE = "bench-mlp.onnx"
+TARGET_QUEUE_DEPTH = 4
+SCALE_DOWN_WINDOW = 20
+MIN_REPLICAS, MAX_REPLICAS = 1, 3
+HEAVY_WORKERS, HEAVY_ROWS = 16, 32
+LIGHT_WORKERS, LIGHT_ROWS = 2, 1
+SECTION = "## End to end: autoscaling on the local cluster"
+BEGIN, END = "<!-- e2e_bench:begin -->", "<!-- e2e_bench:end -->"
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def wait(what: str, check, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except (OSError, ValueError, KeyError, RuntimeError, AttributeError, TypeError):
+            found = None
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- the cluster ------------------------------------------------------------------------
+class Kube:
+    """kubectl/helm through the project's binaries, plus direct API reads (cheap polling)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        pki = cluster.pki
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        self._api = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                urllib.request.HTTPSHandler(context=ctx))
+        self.server = cluster.server
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60):
+        return self.cluster.kubectl(*args, check=check, input=input, timeout=timeout)
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
+        home = self.cluster.workdir / "helm"
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig),
+               "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+               "HELM_DATA_HOME": str(home / "data")}
+        proc = subprocess.run([str(self.cluster.bins / "helm"), *args], env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        if check and proc.returncode:
+            raise BenchError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    def get(self, path: str, timeout: float = 5) -> dict | None:
+        """GET an API path; None when it does not exist."""
+        try:
+            with self._api.open(self.server + path, timeout=timeout) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+
+def stack_state(cluster: Cluster) -> dict[str, bool]:
+    workdir = cluster.workdir
+    try:
+        store_pid = int((workdir / "model-store.pid").read_text())
+        os.kill(store_pid, 0)
+        store = True
+    except (OSError, ValueError):
+        store = False
+    return {"cluster": cluster.readyz(), "runner": service.pid(workdir) is not None,
+            "monitoring": all(monitoring.running(workdir).values()), "model store": store}
+
+
+def make(target: str, timeout: float) -> None:
+    say(f"make {target}")
+    subprocess.run(["make", "--no-print-directory", target], cwd=REPO, check=True, timeout=timeout)
+
+
+# -- observation ------------------------------------------------------------------------
+@dataclass
+class Sample:
+    t: float                   # time.monotonic()
+    hpa_desired: int | None
+    hpa_current: int | None
+    queue_depth: str | None    # the HPA's current average (as the adapter reports it)
+    spec_replicas: int | None  # the Deployment's
+    ready_replicas: int
+    pods: dict                 # name -> (podIP, ready)
+
+
+@dataclass
+class Sampler:
+    """Polls the HPA, the Deployment and the pods every ``interval`` seconds (own thread)."""
+
+    kube: Kube
+    ns: str
+    name: str
+    interval: float = 0.5
+    samples: list = field(default_factory=list)
+    errors: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> "Sampler":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def poll(self) -> Sample:
+        ns, name = self.ns, self.name
+        hpa = self.kube.get(f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}") or {}
+        dep = self.kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}") or {}
+        selector = urllib.parse.quote(f"app.kubernetes.io/instance={name}")
+        pods = self.kube.get(f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}") or {"items": []}
+        status = hpa.get("status", {})
+        metrics = status.get("currentMetrics") or [{}]
+        depth = ((metrics[0] or {}).get("pods") or {}).get("current", {}).get("averageValue")
+        found = {}
+        for pod in pods["items"]:
+            if pod["metadata"].get("deletionTimestamp"):
+                ready = False
+            else:
+                conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+                ready = conds.get("Ready") == "True"
+            found[pod["metadata"]["name"]] = (pod.get("status", {}).get("podIP"), ready)
+        return Sample(time.monotonic(), status.get("desiredReplicas"), status.get("currentReplicas"), depth,
+                      dep.get("spec", {}).get("replicas"), dep.get("status", {}).get("readyReplicas") or 0, found)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sample = self.poll()
+                with self._lock:
+                    self.samples.append(sample)
+            except Exception:  # noqa: BLE001  (an API hiccup: count it, keep polling)
+                self.errors += 1
+            self._stop.wait(self.interval)
+
+    def latest(self) -> Sample | None:
+        with self._lock:
+            return self.samples[-1] if self.samples else None
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        with self._lock:
+            return [s for s in self.samples if start <= s.t <= end]
+
+
+def changes(samples: list[Sample], attr: str) -> list[tuple[float, object, object]]:
+    out, last = [], None
+    for s in samples:
+        value = getattr(s, attr)
+        if value is None:
+            continue
+        if last is not None and value != last:
+            out.append((s.t, last, value))
+        last = value
+    return out
+
+
+def pod_requests(ip: str, timeout: float = 2) -> float:
+    """Requests the pod answered OK, from its own /metrics (podIP:8002, plain HTTP)."""
+    with DIRECT.open(f"http://{ip}:8002/metrics", timeout=timeout) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("kubeinfer_requests_total{") and 'code="OK"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def prometheus_served(prometheus: str, ns: str) -> dict[str, float]:
+    query = f'sum by (pod) (kubeinfer_requests_total{{namespace="{ns}",code="OK"}})'
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with DIRECT.open(url, timeout=3) as response:
+        result = json.load(response)["data"]["result"]
+    return {r["metric"]["pod"]: float(r["value"][1]) for r in result}
+
+
+def rescale_events(kube: Kube, ns: str, name: str) -> int:
+    """Sum of the counts of the HPA's SuccessfulRescale events (aggregated events carry a count)."""
+    selector = urllib.parse.quote(f"involvedObject.name={name},involvedObject.kind=HorizontalPodAutoscaler,"
+                                  "reason=SuccessfulRescale")
+    events = kube.get(f"/api/v1/namespaces/{ns}/events?fieldSelector={selector}") or {"items": []}
+    return sum(e.get("count") or 1 for e in events["items"])
+
+
+def secret_cert(kube: Kube, ns: str, name: str) -> bytes:
+    secret = kube.get(f"/api/v1/namespaces/{ns}/secrets/{name}")
+    pem = base64.b64decode(secret["data"]["tls.crt"])
+    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+def presented_cert(address: str, server_name: str, certs: Path) -> bytes:
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    context.load_cert_chain(str(certs / "tls.crt"), str(certs / "tls.key"))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((address, 8001), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def failures_summary(failures: list) -> str:
+    if not failures:
+        return ""
+    kinds: dict[str, int] = {}
+    for _t, message in failures:
+        key = message.splitlines()[0][:120]
+        kinds[key] = kinds.get(key, 0) + 1
+    return "; ".join(f"{n}x {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:3])
+
+
+# -- the benchmark ----------------------------------------------------------------------
+def infd_manifest(ns: str, duration: int) -> dict:
+    return {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceDeployment",
+            "metadata": {"name": NAME, "namespace": ns},
+            "spec": {"model": {"uri": testhost.store_url(MODEL_FILE)},
+                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                     "autoscaling": {"minReplicas": MIN_REPLICAS, "maxReplicas": MAX_REPLICAS,
+                                     "targetQueueDepth": TARGET_QUEUE_DEPTH,
+                                     "scaleDownStabilizationSeconds": SCALE_DOWN_WINDOW},
+                     "tls": {"mode": "Mutual", "clients": [{"name": "load"}],
+                             "certificateDurationSeconds": duration},
+                     **RUNNER_PLACEMENT}}
+
+
+def infd_ready(kube: Kube, ns: str) -> bool:
+    obj = kube.get(f"/apis/kubeinfer.io/v1alpha1/namespaces/{ns}/inferencedeployments/{NAME}") or {}
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in obj.get("status", {}).get("conditions", []))
+
+
+def operator_ready(kube: Kube, ns: str) -> bool:
+    for pod in (kube.get(f"/api/v1/namespaces/{ns}/pods") or {"items": []})["items"]:
+        conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+        if pod["spec"].get("nodeName") == "kubeinfer-runner-0" and conds.get("Ready") == "True":
+            return True
+    return False
+
+
+@dataclass
+class Results:
+    rows: list = field(default_factory=list)   # (measure, value, want, verdict)
+    notes: list = field(default_factory=list)
+
+    def add(self, measure: str, value: str, want: str = "", ok: bool | None = None) -> None:
+        verdict = "" if ok is None else ("PASS" if ok else "FAIL")
+        self.rows.append((measure, value, want, verdict))
+        say(f"  {measure}: {value}" + (f"  [{verdict}]" if verdict else ""))
+
+
+def fmt_s(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.1f} s"
+
+
+def scale_out(kube, stack, ns, sampler, certs, res: Results, timeout: float) -> tuple[Load, float]:
+    """Phase 1: load step -> HPA decision -> second pod Ready -> the new pod serving."""
+    before = set(sampler.latest().pods)
+    say(f"Load step: {HEAVY_WORKERS} threads x {HEAVY_ROWS} rows over mTLS (pods before: {sorted(before)})")
+    t0 = time.monotonic()
+    load = Load(kube, ns, NAME, certs, workers=HEAVY_WORKERS, rows=HEAVY_ROWS).start()
+    t_decision = t_ready = t_serving = t_prom = None
+    new_pod = None
+    last_prom = 0.0
+    deadline = t0 + timeout
+    while time.monotonic() < deadline and None in (t_decision, t_ready, t_serving, t_prom):
+        s = sampler.latest()
+        now = time.monotonic()
+        if t_decision is None and s.t >= t0 and (s.hpa_desired or 0) > 1:
+            t_decision = s.t - t0
+            say(f"  HPA desiredReplicas={s.hpa_desired} at +{t_decision:.1f}s (queue depth {s.queue_depth})")
+        if t_ready is None and s.t >= t0 and s.ready_replicas >= 2:
+            t_ready = s.t - t0
+            say(f"  Deployment readyReplicas={s.ready_replicas} at +{t_ready:.1f}s")
+        if t_serving is None:
+            for pod, (ip, _ready) in sorted(s.pods.items()):
+                if pod in before or not ip:
+                    continue
+                try:
+                    if pod_requests(ip, timeout=1) > 0:
+                        t_serving, new_pod = time.monotonic() - t0, pod
+                        say(f"  new pod {pod} ({ip}) answered requests at +{t_serving:.1f}s (its /metrics)")
+                        break
+                except OSError:
+                    pass
+        if t_prom is None and now - last_prom >= 1:
+            last_prom = now
+            try:
+                served = prometheus_served(stack["prometheus"], ns)
+                if any(n > 0 for p, n in served.items() if p.startswith(NAME) and p not in before):
+                    t_prom = time.monotonic() - t0
+                    say(f"  Prometheus shows a new pod's requests at +{t_prom:.1f}s")
+            except (OSError, ValueError, KeyError):
+                pass
+        time.sleep(0.25)
+    res.add("load step -> HPA decision (desiredReplicas > 1)", fmt_s(t_decision), "", t_decision is not None)
+    res.add("load step -> second pod Ready (readyReplicas >= 2)", fmt_s(t_ready), "", t_ready is not None)
+    res.add("load step -> new pod serving (podIP:8002/metrics, requests_total > 0)", fmt_s(t_serving), "",
+            t_serving is not None)
+    res.add("load step -> new pod serving, as Prometheus sees it", fmt_s(t_prom), "", t_prom is not None)
+    if new_pod:
+        res.notes.append(f"first new pod serving: {new_pod}")
+    if None in (t_decision, t_ready, t_serving):
+        load.stop()
+        raise BenchError(f"scale-out not complete within {timeout:.0f}s of the load step "
+                         f"(decision {t_decision}, ready {t_ready}, serving {t_serving})")
+    return load, t0
+
+
+def settled(sampler: Sampler, quiet: float) -> Sample | None:
+    """The latest sample when replicas agree everywhere and nothing changed for ``quiet`` s."""
+    s = sampler.latest()
+    if s is None:
+        return None
+    window = sampler.between(s.t - quiet, s.t)
+    if not window or window[0].t > s.t - quiet + 1.5:
+        return None
+    keys = {(w.hpa_desired, w.hpa_current, w.spec_replicas, w.ready_replicas) for w in window}
+    if len(keys) == 1 and s.hpa_desired == s.hpa_current == s.spec_replicas == s.ready_replicas:
+        return s
+    return None
+
+
+def steady(kube, ns, sampler, load: Load, t_step: float, seconds: float, res: Results) -> None:
+    """Phase 2: scale events during steady load once scaled out."""
+    say("Waiting for the scale-out to settle (replicas equal everywhere, unchanged for 20 s)")
+    t_wait = time.monotonic()
+    s = wait("the scale-out to settle", lambda: settled(sampler, 20), timeout=240, interval=1)
+    say(f"  settled at {s.spec_replicas} replicas after {time.monotonic() - t_wait:.0f}s more")
+    full = next((w.t - t_step for w in sampler.between(t_step, s.t) if w.ready_replicas >= s.spec_replicas), None)
+    res.add(f"load step -> all {s.spec_replicas} replicas Ready (settled: unchanged 20 s)", fmt_s(full))
+    events0, ok0, failed0 = rescale_events(kube, ns, NAME), load.ok, len(load.failures)
+    start = time.monotonic()
+    say(f"Steady load for {seconds:.0f}s")
+    while time.monotonic() - start < seconds:
+        time.sleep(min(30, max(0.0, seconds - (time.monotonic() - start))))
+        cur = sampler.latest()
+        say(f"  +{time.monotonic() - start:4.0f}s replicas spec={cur.spec_replicas} ready={cur.ready_replicas} "
+            f"hpa desired={cur.hpa_desired} queue depth/pod={cur.queue_depth} ok={load.ok - ok0} "
+            f"failed={len(load.failures) - failed0}")
+    end = time.monotonic()
+    window = sampler.between(start, end)
+    spec_changes = changes(window, "spec_replicas")
+    hpa_changes = changes(window, "hpa_desired")
+    events = rescale_events(kube, ns, NAME) - events0
+    counts = sorted({w.spec_replicas for w in window if w.spec_replicas is not None})
+    depths = [float(w.queue_depth.rstrip("m")) / (1000 if w.queue_depth.endswith("m") else 1)
+              for w in window if w.queue_depth]
+    ok, failed = load.ok - ok0, len(load.failures) - failed0
+    res.add(f"steady load {end - start:.0f} s at {s.spec_replicas} replicas: Deployment spec.replicas changes",
+            str(len(spec_changes)), "0", not spec_changes)
+    res.add("  HPA desiredReplicas changes / SuccessfulRescale events", f"{len(hpa_changes)} / {events}", "0 / 0",
+            not hpa_changes and events == 0)
+    res.add("  requests OK / failed during steady load (rows/s)",
+            f"{ok} / {failed} ({ok * HEAVY_ROWS / (end - start):.0f} rows/s)", "failed 0", failed == 0)
+    if depths:
+        res.notes.append(f"steady: queue depth per pod (HPA's view) min {min(depths):.2f}, "
+                         f"mean {sum(depths) / len(depths):.2f}, max {max(depths):.2f}; replica counts seen {counts}; "
+                         f"{len(window)} samples")
+    for t, a, b in spec_changes + hpa_changes:
+        res.notes.append(f"steady: change {a} -> {b} at +{t - start:.1f}s")
+
+
+def scale_in(kube, ns, sampler, certs, res: Results) -> None:
+    """Phase 3a: a light client runs across the scale-in; count its failed requests."""
+    say(f"Scale-in: heavy load stopped, {LIGHT_WORKERS} light threads x {LIGHT_ROWS} row keep running")
+    trickle = Load(kube, ns, NAME, certs, workers=LIGHT_WORKERS, rows=LIGHT_ROWS).start()
+    t0 = time.monotonic()
+    t_desired = t_gone = None
+    try:
+        def desired_one():
+            s = sampler.latest()
+            return s if s.t > t0 and s.hpa_desired == 1 else None
+        wait("the HPA to want one replica", desired_one, timeout=SCALE_DOWN_WINDOW + 150)
+        t_desired = time.monotonic() - t0
+        say(f"  HPA desiredReplicas=1 at +{t_desired:.1f}s")
+
+        def one_pod():
+            s = sampler.latest()
+            return s if (s.t > t0 and s.hpa_current == 1 and s.spec_replicas == 1 and len(s.pods) == 1) else None
+        wait("the removed pods to be gone", one_pod, timeout=150)
+        t_gone = time.monotonic() - t0
+        say(f"  one pod left at +{t_gone:.1f}s")
+        time.sleep(3)
+    finally:
+        trickle.stop()
+    res.add("scale-in: heavy load stop -> HPA desiredReplicas 1", fmt_s(t_desired),
+            f"~{SCALE_DOWN_WINDOW} s window")
+    res.add("scale-in: heavy load stop -> removed pods gone", fmt_s(t_gone))
+    res.add("scale-in: light client requests OK / failed", f"{trickle.ok} / {len(trickle.failures)}",
+            "failed 0", trickle.ok > 0 and not trickle.failures)
+    if trickle.failures:
+        res.notes.append(f"scale-in failures: {failures_summary(trickle.failures)}")
+
+
+def rotation(kube, ns, certs, workdir: Path, res: Results) -> None:
+    """Phase 3b: force a certificate rotation under load; count failed requests."""
+    address = ready_addresses(kube, ns, NAME)[0]
+    server_name = f"{NAME}.{ns}.svc"
+    before = secret_cert(kube, ns, f"{NAME}-tls")
+    if presented_cert(address, server_name, certs) != before:
+        raise BenchError("the pod does not present the server certificate of its Secret before rotation")
+    load = Load(kube, ns, NAME, certs, workers=2, rows=4).start()
+    fresh = {"ok": 0, "failed": []}
+    stop = threading.Event()
+
+    def fresh_connections() -> None:  # a new channel (new TLS handshake) for every call
+        while not stop.is_set():
+            try:
+                infer(client([address], certs, server_name), NAME, batch(1), timeout=10)
+                fresh["ok"] += 1
+            except Exception as exc:  # noqa: BLE001  (every failure counts)
+                fresh["failed"].append((time.time(), str(exc)[:200]))
+            stop.wait(0.2)
+
+    worker = threading.Thread(target=fresh_connections, daemon=True)
+    worker.start()
+    t_secret = t_served = None
+    try:
+        time.sleep(2)
+        say("Rotation: spec.tls.certificateDurationSeconds 3600 -> 3700")
+        t0 = time.monotonic()
+        kube.kubectl("patch", "infd", NAME, "-n", ns, "--type", "merge",
+                     "-p", json.dumps({"spec": {"tls": {"certificateDurationSeconds": 3700}}}))
+        after = wait("the operator to reissue the server certificate",
+                     lambda: (lambda c: c if c != before else None)(secret_cert(kube, ns, f"{NAME}-tls")),
+                     timeout=90)
+        t_secret = time.monotonic() - t0
+        say(f"  new server certificate in the Secret at +{t_secret:.1f}s")
+        wait("a new connection to see the new certificate",
+             lambda: presented_cert(address, server_name, certs) == after, timeout=60)
+        t_served = time.monotonic() - t0
+        say(f"  a new handshake gets the new certificate at +{t_served:.1f}s")
+        time.sleep(5)
+    finally:
+        stop.set()
+        worker.join(30)
+        load.stop()
+    renewed = write_secret(kube, ns, f"{NAME}-client-load", workdir / "client-renewed")
+    works = infer(client([address], renewed, server_name), NAME, batch(2)).shape == (2, 16)
+    res.add("rotation: patch -> new certificate in the Secret", fmt_s(t_secret))
+    res.add("rotation: patch -> server presents it on a new handshake", fmt_s(t_served))
+    res.add("rotation: requests OK / failed (open channels, 2 threads)", f"{load.ok} / {len(load.failures)}",
+            "failed 0", load.ok > 0 and not load.failures)
+    res.add("rotation: requests OK / failed (new channel per call)", f"{fresh['ok']} / {len(fresh['failed'])}",
+            "failed 0", fresh["ok"] > 0 and not fresh["failed"])
+    res.add("rotation: renewed client certificate accepted", "yes" if works else "no", "yes", works)
+    for name, failures in (("open channels", load.failures), ("new channels", fresh["failed"])):
+        if failures:
+            res.notes.append(f"rotation failures ({name}): {failures_summary(failures)}")
+
+
+# -- output -----------------------------------------------------------------------------
+def table(res: Results) -> str:
+    lines = ["| measure | value | want | |", "|---|---|---|---|"]
+    lines += [f"| {m} | {v} | {w} | {k} |" for m, v, w, k in res.rows]
+    return "\n".join(lines)
+
+
+def markdown(res: Results, header: str, args) -> str:
+    notes = "\n".join(f"- {n}" for n in res.notes)
+    return "\n\n".join(part for part in [
+        BEGIN, SECTION,
+        f"Written by `bench/e2e_bench.py` (`.venv/bin/python bench/e2e_bench.py --steady-seconds "
+        f"{args.steady_seconds:g} --markdown ...`). {header}",
+        "Real control plane, the chart's operator pod and kubeinfer-server pods run by the pod runner "
+        "(hack/podrunner), Prometheus + prometheus-adapter feeding the operator's HPA "
+        f"(min {MIN_REPLICAS}, max {MAX_REPLICAS}, target queue depth {TARGET_QUEUE_DEPTH}, scale-down window "
+        f"{SCALE_DOWN_WINDOW} s). Load: the e2e kit's tritonclient `Load` over mTLS, round robin over the "
+        f"headless Service's ready endpoints ({HEAVY_WORKERS} threads x {HEAVY_ROWS} rows; scale-in: "
+        f"{LIGHT_WORKERS} threads x {LIGHT_ROWS} row; rotation: 2 threads x 4 rows + a new channel per call "
+        "every 0.2 s). Times are seconds from the step; polling every 0.25-0.5 s.",
+        table(res), notes, END] if part)
+
+
+def write_markdown(path: Path, body: str) -> None:
+    text = path.read_text() if path.exists() else "# kubeinfer benchmark results\n"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: body, text, flags=re.S)
+    elif SECTION in text:  # a hand-made section without markers: up to the next heading of that level
+        start = text.index(SECTION)
+        nxt = re.search(r"^(## |<!-- )", text[start + len(SECTION):], flags=re.M)
+        end = start + len(SECTION) + nxt.start() if nxt else len(text)
+        text = text[:start] + body + "\n\n" + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+# -- main -------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steady-seconds", type=float, default=300,
+                        help="steady-load period once scaled out (default 300)")
+    parser.add_argument("--markdown", type=Path, help="write the section into this file")
+    parser.add_argument("--keep-stack", action="store_true",
+                        help="leave a cluster/e2e stack this script started running")
+    parser.add_argument("--scale-out-timeout", type=float, default=240)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("error: needs root (the pod runner makes network namespaces)", file=sys.stderr)
+        return 2
+
+    def on_term(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+
+    started = time.monotonic()
+    cluster = Cluster(REPO / ".cluster")
+    state = stack_state(cluster)
+    say("Found: " + ", ".join(f"{k} {'up' if v else 'down'}" for k, v in state.items()))
+    started_cluster, started_stack = not state["cluster"], not all(state.values())
+    res = Results()
+    kube = ns = op_ns = release = sampler = None
+    failed: str | None = None
+    try:
+        if started_stack:
+            make("e2e-up", timeout=1800)
+        if not cluster.readyz():
+            raise BenchError("the cluster does not answer /readyz after make e2e-up")
+        kube = Kube(cluster)
+        stack = json.loads((cluster.workdir / "monitoring.json").read_text())
+        workdir = cluster.workdir / "e2e-bench"
+        workdir.mkdir(exist_ok=True)
+        model = cluster.workdir / "model-store" / MODEL_FILE
+        if not model.exists():
+            make_mlp(model)
+
+        suffix = uuid.uuid4().hex[:6]
+        ns, op_ns, release = f"e2e-bench-{suffix}", f"kubeinfer-bench-{suffix}", f"kubeinfer-bench-{suffix}"
+        say(f"helm install {release} (operator namespace {op_ns}, watching {ns})")
+        kube.kubectl("create", "namespace", ns)
+        values = workdir / "values.json"
+        values.write_text(json.dumps({"watchNamespaces": [ns], "operator": {"resyncSeconds": 5},
+                                      **RUNNER_PLACEMENT}))
+        t = time.monotonic()
+        kube.helm("install", release, str(REPO / "charts" / "kubeinfer"), "--namespace", op_ns,
+                  "--create-namespace", "-f", str(values))
+        wait("the operator pod Ready on the pod runner", lambda: operator_ready(kube, op_ns), timeout=120)
+        say(f"  operator Ready in {time.monotonic() - t:.1f}s")
+
+        say(f"Applying InferenceDeployment {ns}/{NAME} (autoscaling {MIN_REPLICAS}-{MAX_REPLICAS}, "
+            f"target queue depth {TARGET_QUEUE_DEPTH}, scale-down window {SCALE_DOWN_WINDOW}s, mTLS)")
+        t = time.monotonic()
+        kube.kubectl("apply", "-f", "-", input=json.dumps(infd_manifest(ns, 3600)))
+        wait("the InferenceDeployment Ready", lambda: infd_ready(kube, ns), timeout=180)
+        say(f"  Ready in {time.monotonic() - t:.1f}s")
+        certs = write_secret(kube, ns, f"{NAME}-client-load", workdir / "client")
+        sampler = Sampler(kube, ns, NAME).start()
+
+        def idle_with_metrics():
+            s = sampler.latest()
+            return s if (s and s.queue_depth is not None and s.hpa_desired == 1 and s.spec_replicas == 1
+                         and s.ready_replicas == 1 and len(s.pods) == 1) else None
+        wait("the HPA to read the queue-depth metric at one replica", idle_with_metrics, timeout=120)
+        say("  the HPA reads kubeinfer_queue_depth; one pod serving")
+
+        heavy, t_step = scale_out(kube, stack, ns, sampler, certs, res, args.scale_out_timeout)
+        try:
+            steady(kube, ns, sampler, heavy, t_step, args.steady_seconds, res)
+        finally:
+            heavy.stop()
+        res.add("heavy load overall: requests OK / failed", f"{heavy.ok} / {len(heavy.failures)}",
+                "failed 0", not heavy.failures)
+        if heavy.failures:
+            res.notes.append(f"heavy load failures: {failures_summary(heavy.failures)}")
+        scale_in(kube, ns, sampler, certs, res)
+        rotation(kube, ns, certs, workdir, res)
+        if sampler.errors:
+            res.notes.append(f"API polling errors (skipped samples): {sampler.errors}")
+    except (BenchError, KeyboardInterrupt, subprocess.SubprocessError, RuntimeError, OSError) as exc:
+        failed = f"{type(exc).__name__}: {exc}"
+        say(f"ERROR: {failed}")
+        res.notes.append(f"run aborted: {failed}")
+    finally:
+        if sampler:
+            sampler.stop()
+        cleanup(cluster, kube, ns, op_ns, release, started_cluster, started_stack, args.keep_stack)
+
+    header = (f"{datetime.now().isoformat(timespec='seconds')}, {os.cpu_count()} CPUs, {platform.node()}, "
+              f"total {time.monotonic() - started:.0f} s" + (", ABORTED" if failed else ""))
+    print(f"\nkubeinfer e2e autoscaling bench: {header}\n")
+    print(table(res))
+    for note in res.notes:
+        print(f"- {note}")
+    if args.markdown:
+        write_markdown(args.markdown, markdown(res, header, args))
+        print(f"\nwrote the section to {args.markdown}")
+    if failed:
+        return 1
+    return 0 if all(row[3] != "FAIL" for row in res.rows) else 3
+
+
+def cleanup(cluster, kube, ns, op_ns, release, started_cluster, started_stack, keep) -> None:
+    def step(what, fn):
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001  (keep cleaning up)
+            say(f"  cleanup: {what} failed: {exc}")
+    say("Cleaning up")
+    if kube and ns:
+        step("delete the InferenceDeployment", lambda: kube.kubectl(
+            "delete", "infd", "--all", "-n", ns, "--wait=true", "--timeout=90s", check=False, timeout=120))
+    if kube and release:
+        step("helm uninstall", lambda: kube.helm("uninstall", release, "--namespace", op_ns, check=False))
+    if kube:
+        for name in (ns, op_ns):
+            if name:
+                step(f"delete namespace {name}", lambda name=name: kube.kubectl(
+                    "delete", "namespace", name, "--wait=false", check=False))
+    if keep:
+        return
+    if started_cluster:
+        step("make cluster-down", lambda: make("cluster-down", timeout=300))
+    elif started_stack:
+        step("make e2e-down", lambda: make("e2e-down", timeout=300))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
