@@ -114,11 +114,27 @@ class Mount:
     target: str
 
 
+# The process runs this checkout's venv on the host's filesystem: a volume mounted over
+# a directory holding the checkout or the Python installation (an emptyDir on /tmp
+# with the checkout under /tmp) would hide them, so such a volume is not mounted.
+HOST_PATHS = tuple({Path(__file__).resolve().parents[2], Path(sys.prefix).resolve(),
+                    Path(sys.base_prefix).resolve()})
+
+
+def _hides_host_paths(target: str) -> bool:
+    mount_point = Path(target)
+    return any(path == mount_point or mount_point in path.parents for path in HOST_PATHS)
+
+
 def start(netns: str, command: list[str], env: dict[str, str], mounts: list[Mount],
           workdir: str, log: Path) -> subprocess.Popen:
     """The container's process, in the pod's network namespace and a private mount namespace."""
     lines = ["set -e"]
     for m in sorted(mounts, key=lambda m: m.target.count("/")):
+        if _hides_host_paths(m.target):
+            note = f"kubeinfer pod runner: not mounting a volume on {m.target}: it holds the project's checkout"
+            lines.append(f"echo {shlex.quote(note)} >&2")
+            continue
         Path(m.target).mkdir(parents=True, exist_ok=True)  # an empty mount point on the host
         lines.append(f"mount --bind {shlex.quote(str(m.source))} {shlex.quote(m.target)}")
     lines.append(f"cd {shlex.quote(workdir)}")
