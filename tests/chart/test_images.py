@@ -9,15 +9,15 @@ Covers, for server-cpu, server-gpu and operator:
 - the GPU image is CUDA 12 + cuDNN 9, and the pinned onnxruntime-gpu is a build
   for CUDA 12 (1.26 was the last); onnxruntime and onnxruntime-gpu never meet
   in one image;
-- every path the Dockerfile copies exists, and its .dockerignore lets it through;
-- hadolint, when it is installed, finds nothing (skipped otherwise).
+- every path the Dockerfile copies exists, and its .dockerignore lets it through.
+
+No linter run: hadolint is not installable on these machines (not on PyPI, not in
+Debian bookworm), so these checks stand in for it.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import tomllib
 
 import pytest
@@ -108,12 +108,3 @@ def test_gpu_image_is_cuda_12_with_cudnn_9():
     runs = " ".join(rest for word, rest in instructions("server-gpu") if word == "RUN")
     assert "[gpu" in runs and "[cpu" not in runs
     assert "[gpu" not in " ".join(rest for word, rest in instructions("server-cpu") if word == "RUN")
-
-
-@pytest.mark.parametrize("name", EXPECTED)
-def test_hadolint_finds_nothing(name):
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed")
-    proc = subprocess.run([hadolint, str(IMAGES / f"{name}.Dockerfile")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
