@@ -20,7 +20,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from .api import Api
 

@@ -10,7 +10,6 @@ run across the rotation (on open connections and on fresh ones) all succeed.
 from __future__ import annotations
 
 import base64
-import json
 import socket
 import ssl
 import threading

@@ -158,7 +158,7 @@ def test_concurrent_requests_batch_without_crossing_outputs(models):
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             results = list(pool.map(call, xs))
         stats = tc.InferenceServerClient(server.url).get_inference_statistics("linear", as_json=True)
-    for x, got in zip(xs, results):
+    for x, got in zip(xs, results, strict=True):
         np.testing.assert_array_equal(got, session.run(["logits"], {"x": x})[0])
     after = stats["model_stats"][0]
     assert int(after["inference_count"]) == sum(x.shape[0] for x in xs)

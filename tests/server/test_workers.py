@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import socket
-import time
 import urllib.request
 import concurrent.futures
 
