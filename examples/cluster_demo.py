@@ -5,7 +5,7 @@ Run with ``make demo-cluster`` (root: the pod runner makes network namespaces). 
 what is missing (control plane, adapter, Prometheus; cold: about 20-25 minutes on 2
 cores, warm: seconds), starts the cluster, the pod runner, Prometheus and the adapter
 (``.cluster/``), and leaves everything running for you to explore; ``make cluster-down``
-stops it all. What is real and what the runner stands in for: docs/e2e.md.
+stops it all. What is real and what the runner stands in for: the README, "End to end on the local cluster".
 """
 
 from __future__ import annotations

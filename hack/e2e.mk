@@ -1,5 +1,5 @@
 # End to end on the local cluster (issue 6): pods that really run (hack/podrunner),
-# Prometheus + prometheus-adapter (hack/monitoring), the demo. Docs: docs/e2e.md.
+# Prometheus + prometheus-adapter (hack/monitoring), the demo. Docs: README, "End to end on the local cluster".
 # Included by the top-level Makefile after hack/cluster.mk.
 
 .PHONY: e2e-deps e2e-up e2e-down test-e2e demo-cluster

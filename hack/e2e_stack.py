@@ -3,7 +3,7 @@
     python hack/e2e_stack.py up   [--dir .cluster]   (make e2e-up)
     python hack/e2e_stack.py down [--dir .cluster]   (make e2e-down; also part of cluster-down)
 
-See docs/e2e.md.
+See the README, "End to end on the local cluster".
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ of the pod's volume directories onto the container's mountPaths (visible only in
 that private mount namespace), then ``exec`` of the command with the container's
 args and env. The process dies with the runner (PR_SET_PDEATHSIG).
 
-Not emulated (documented in docs/e2e.md): image contents (the command comes from this
-checkout's .venv), the user and read-only root filesystem of securityContext, resource
+Not emulated (documented in the README, "End to end on the local cluster"): image
+contents (the command comes from this checkout's .venv), the user and read-only root filesystem of securityContext, resource
 limits, liveness and startup probes, exec probes.
 """
 
