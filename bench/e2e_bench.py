@@ -41,7 +41,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -65,7 +64,7 @@ from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 from localcluster import Cluster  # noqa: E402
 from make_models import make_mlp  # noqa: E402
 
-from e2e.e2ekit import (RUNNER_PLACEMENT, Load, batch, client, infer, monitoring,  # noqa: E402
+from e2e.e2ekit import (RUNNER_PLACEMENT, Load, batch, client, infer, monitoring, presented_cert,  # noqa: E402
                         ready_addresses, service, testhost, write_secret)
 
 NAME = "bench"
@@ -274,14 +273,6 @@ def secret_cert(kube: Kube, ns: str, name: str) -> bytes:
     pem = base64.b64decode(secret["data"]["tls.crt"])
     return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
 
-
-def presented_cert(address: str, server_name: str, certs: Path) -> bytes:
-    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-    context.load_cert_chain(str(certs / "tls.crt"), str(certs / "tls.key"))
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection((address, 8001), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=server_name) as tls:
-            return tls.getpeercert(binary_form=True)
 
 
 def failures_summary(failures: list) -> str:

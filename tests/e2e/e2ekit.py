@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import ssl
 import sys
 import threading
 import time
@@ -133,3 +135,13 @@ class Load:
         for t in self._threads:
             t.join(60)
         return self
+
+
+def presented_cert(address: str, server_name: str, certs: Path) -> bytes:
+    """The certificate a fresh TLS handshake to the pod gets (verified against ca.crt)."""
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    context.load_cert_chain(str(certs / "tls.crt"), str(certs / "tls.key"))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((address, 8001), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            return tls.getpeercert(binary_form=True)

@@ -10,8 +10,6 @@ run across the rotation (on open connections and on fresh ones) all succeed.
 from __future__ import annotations
 
 import base64
-import socket
-import ssl
 import threading
 import time
 
@@ -19,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from e2e.e2ekit import batch, client, get_json, infer, ready_addresses, testhost, write_secret, Load
+from e2e.e2ekit import Load, batch, client, get_json, infer, presented_cert, ready_addresses, testhost, write_secret
 from e2e.test_serving import apply, condition, infd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -29,15 +27,6 @@ def secret_cert(cluster, ns: str, name: str) -> bytes:
     pem = base64.b64decode(get_json(cluster, "secret", name, "-n", ns)["data"]["tls.crt"])
     return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
 
-
-def presented_cert(address: str, server_name: str, certs) -> bytes:
-    """The certificate a fresh TLS handshake to the pod gets (verified against ca.crt)."""
-    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-    context.load_cert_chain(str(certs / "tls.crt"), str(certs / "tls.key"))
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection((address, 8001), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=server_name) as tls:
-            return tls.getpeercert(binary_form=True)
 
 
 def test_rotation_reaches_the_server_without_failed_requests(cluster, installed, tmp_path):
