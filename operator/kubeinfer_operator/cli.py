@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default lifetime of server and client certificates [KUBEINFER_CERTIFICATE_DURATION_SECONDS]")
     parser.add_argument("--ca-duration-seconds", type=int, help="lifetime of each CA [KUBEINFER_CA_DURATION_SECONDS]")
     parser.add_argument("--resync-seconds", type=float,
-                        help="interval of the drift and renewal timer [KUBEINFER_RESYNC_SECONDS]")
+                        help="interval of the drift-repair and certificate-renewal resync [KUBEINFER_RESYNC_SECONDS]")
     parser.add_argument("--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     return parser.parse_args(argv)
@@ -39,7 +39,7 @@ def operator_settings() -> kopf.OperatorSettings:
     config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
-    # kopf needs a finalizer to stop an object's timer; name it after us.
+    # No handler needs a finalizer (no timers, no deletion handlers); name kopf's after us anyway.
     config.persistence.finalizer = f"{PREFIX}/finalizer"
     config.execution.max_workers = 16
     config.watching.server_timeout = 300

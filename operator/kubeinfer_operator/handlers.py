@@ -1,7 +1,10 @@
 """kopf wiring: thin handlers that call ``reconcile`` and translate its errors.
 
 - create/update/resume of an InferenceDeployment: reconcile it;
-- a timer: reconcile again (drift backstop, certificate renewal);
+- every ``resync_seconds``, one operator-wide loop reconciles every watched
+  InferenceDeployment again (drift backstop, certificate renewal). Not a kopf
+  timer: kopf puts a finalizer on every object that has a timer, and a
+  finalizer left behind by an uninstalled operator blocks namespace deletion;
 - any event on a child or a server pod: reconcile the parent, so a deleted or
   edited child is put back and the status follows the pods. Bursts of child
   events for one parent coalesce into one pending reconcile.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +27,8 @@ from kubeinfer_operator import naming
 from kubeinfer_operator.kube import ApiError, Kube
 from kubeinfer_operator.reconcile import InvalidSpec, MissingDependency, Outcome, reconcile
 from kubeinfer_operator.settings import Settings
+
+log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5
 WAIT_SECONDS = 30
@@ -83,6 +89,30 @@ class Reconciler:
             return True
 
 
+async def resync_forever(reconciler: Reconciler) -> None:
+    """Every resync interval, reconcile each InferenceDeployment the operator watches."""
+    while True:
+        await asyncio.sleep(reconciler.settings.resync_seconds)
+        for namespace in reconciler.settings.namespaces or ("",):
+            try:
+                parents = await asyncio.to_thread(
+                    reconciler.kube.list, naming.API_VERSION, naming.KIND, namespace, "")
+            except ApiError as exc:
+                log.warning("Resync could not list InferenceDeployments in %s: %s", namespace or "all namespaces", exc)
+                continue
+            for parent in parents:
+                await _resync_one(reconciler, parent["metadata"]["namespace"], parent["metadata"]["name"])
+
+
+async def _resync_one(reconciler: Reconciler, namespace: str, name: str) -> None:
+    if not reconciler.claim(namespace, name):
+        return  # a reconcile of it is already waiting to start
+    try:
+        await asyncio.to_thread(reconciler.run_by_name, namespace, name)
+    except ApiError as exc:
+        log.warning("Resync of InferenceDeployment %s/%s failed: %s", namespace, name, exc)
+
+
 def _parent_of(body: Mapping[str, Any]) -> str | None:
     for ref in body["metadata"].get("ownerReferences") or []:
         if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP + "/"):
@@ -113,13 +143,15 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         except ApiError as exc:
             raise kopf.TemporaryError(f"API server refused a request: {exc}", delay=RETRY_SECONDS) from exc
 
-    @kopf.timer(**resource, interval=reconciler.settings.resync_seconds,
-                initial_delay=reconciler.settings.resync_seconds)
-    def resync(body: kopf.Body, **_: Any) -> None:
-        try:
-            reconciler.run(body)
-        except (InvalidSpec, MissingDependency):
-            pass  # The status says so; the create/update handler retries what can be retried.
+    @kopf.on.startup(registry=registry)
+    async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+        memo.resync_task = asyncio.create_task(resync_forever(reconciler))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+        task = getattr(memo, "resync_task", None)
+        if task is not None:
+            task.cancel()
 
     for group, version, plural in WATCHED_CHILDREN:
         @kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)

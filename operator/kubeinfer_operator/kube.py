@@ -49,7 +49,7 @@ class ApiError(Exception):
 
 def _path(api_version: str, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
     prefix, plural = RESOURCES[(api_version, kind)]
-    path = f"{prefix}/namespaces/{quote(namespace)}/{plural}"
+    path = f"{prefix}/namespaces/{quote(namespace)}/{plural}" if namespace else f"{prefix}/{plural}"
     if name is not None:
         path += f"/{quote(name)}"
     if sub is not None:

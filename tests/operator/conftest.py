@@ -113,7 +113,7 @@ def operator(cluster, crd, namespace, tmp_path):
 
 
 def _delete_while_running(cluster, namespace: str, operators: list) -> None:
-    """kopf puts a finalizer on objects with a timer: delete them while an operator can remove it."""
+    """Delete the test's InferenceDeployments while an operator still runs, so deletion is observed."""
     if any(p.proc is not None and p.proc.poll() is None for p in operators):
         cluster.kubectl("delete", "infd", "--all", "-n", namespace, "--wait=true", "--timeout=60s",
                         check=False, timeout=90)

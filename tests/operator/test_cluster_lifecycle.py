@@ -5,11 +5,14 @@ message (replicas with autoscaling, minReplicas > maxReplicas, GPU product
 without a count, Mutual TLS without clients, a bad pvc:// URI); schema defaults
 are applied by the API server; the operator killed (SIGKILL) mid-reconcile and
 restarted converges with exactly one of each child; a resync that finds nothing
-to do makes zero write calls (no resourceVersion moves, no writes logged).
+to do makes zero write calls (no resourceVersion moves, no writes logged); no
+finalizer is put on an InferenceDeployment, and the operator-wide resync loop
+(not a kopf timer) puts a hand-edited status back, which no watch event would.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -107,3 +110,22 @@ def test_noop_resync_writes_nothing(cluster, k, operator, make_infd):
     quiet_log = operator.log()[log_before:]
     assert not WRITE_LOG.search(quiet_log), quiet_log
     assert "Updated status" not in quiet_log
+
+
+def test_no_finalizer_and_the_resync_loop_repairs_status(cluster, k, operator, make_infd):
+    k.apply(make_infd("loop", replicas=1))
+    k.wait_condition("loop", "True", "Available", timeout=90)
+    assert not k.get("infd", "loop")["metadata"].get("finalizers")
+
+    def quiet():
+        before = k.get("infd", "loop")["metadata"]["resourceVersion"]
+        time.sleep(2 * operator.resync_seconds + 1)
+        return k.get("infd", "loop")["metadata"]["resourceVersion"] == before
+
+    cluster.wait_for("the InferenceDeployment to settle", quiet, timeout=90, interval=0)
+    # kopf ignores status changes and nothing else moves now: only the resync loop can put it back.
+    cluster.kubectl("patch", "infd", "loop", "-n", k.namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"readyReplicas": 0}}))
+    cluster.wait_for("the resync loop to restore readyReplicas",
+                     lambda: k.get("infd", "loop")["status"].get("readyReplicas") == 1,
+                     timeout=10 * operator.resync_seconds)
