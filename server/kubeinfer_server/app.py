@@ -3,8 +3,10 @@
 ``build_server`` binds the ports and returns an unstarted ``Server``.
 ``Server.serve`` starts gRPC and HTTP at once (health NOT_SERVING), loads and
 warms up the models in a thread, then turns SERVING. On SIGTERM (or ``stop``)
-health and readiness go false, the gRPC server refuses new calls and every
-accepted request, queued or running, is answered within the grace period.
+health and readiness go false; after ``--shutdown-delay-seconds`` (0 by default;
+the operator sets a few seconds so endpoints drop the replica first) the gRPC
+server refuses new calls, and every accepted request, queued or running, is
+answered within the grace period.
 """
 
 from __future__ import annotations
@@ -44,11 +46,10 @@ class Server:
     health: HealthServicer
     repository: Repository = field(default_factory=lambda: Repository([]))
     metrics_port: int = 0
-    draining: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ready(self) -> bool:
-        return self.repository.ready and not self.draining
+        return self.repository.reports_ready
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,10 +82,15 @@ class Server:
                 await runner.cleanup()
 
     async def _drain(self) -> None:
-        grace = self.settings.grace_seconds
-        log.info("Draining: refusing new calls, answering accepted ones within %.0fs", grace)
-        self.draining = True
+        grace, delay = self.settings.grace_seconds, self.settings.shutdown_delay_seconds
+        self.repository.draining = True
         await self.health.enter_graceful_shutdown()
+        if delay:
+            # Readiness is already false; clients that have not yet seen this replica leave
+            # their endpoints still send new calls for a moment, and they are still answered.
+            log.info("Shutting down: not ready, still answering new calls for %.0fs", delay)
+            await asyncio.sleep(delay)
+        log.info("Draining: refusing new calls, answering accepted ones within %.0fs", grace)
         await self.grpc_server.stop(grace)
         await self.repository.close()
         log.info("Stopped")

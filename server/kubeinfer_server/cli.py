@@ -48,6 +48,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--allowed-clients", default=_env("ALLOWED_CLIENTS", ""))
     p.add_argument("--access-log-sample-rate", type=float, default=float(_env("ACCESS_LOG_SAMPLE_RATE", 1.0)))
     p.add_argument("--grace-seconds", type=float, default=float(_env("GRACE_SECONDS", 30)))
+    p.add_argument("--shutdown-delay-seconds", type=float, default=float(_env("SHUTDOWN_DELAY_SECONDS", 0)),
+                   help="after SIGTERM, keep answering new calls this long (readiness already false) "
+                        "while load balancers drop this replica; then drain")
     p.add_argument("--max-connection-age-seconds", type=float,
                    default=float(_env("MAX_CONNECTION_AGE_SECONDS", 0)))
     p.add_argument("--max-message-bytes", type=int, default=int(_env("MAX_MESSAGE_BYTES", 64 * 1024 * 1024)))
@@ -87,6 +90,7 @@ def settings_from_args(args) -> ServeSettings:
         allowed_clients=frozenset(c.strip() for c in args.allowed_clients.split(",") if c.strip()),
         access_log_sample_rate=args.access_log_sample_rate,
         grace_seconds=args.grace_seconds,
+        shutdown_delay_seconds=args.shutdown_delay_seconds,
         max_connection_age_seconds=args.max_connection_age_seconds,
         max_message_bytes=args.max_message_bytes,
     )

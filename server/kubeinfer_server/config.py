@@ -27,6 +27,7 @@ class ServeSettings:
     allowed_clients: frozenset[str] = frozenset()
     access_log_sample_rate: float = 1.0
     grace_seconds: float = 30.0
+    shutdown_delay_seconds: float = 0.0
     max_connection_age_seconds: float = 0.0
     max_message_bytes: int = 64 * 1024 * 1024
 
@@ -38,8 +39,8 @@ class ServeSettings:
             raise ValueError(f"model names must be unique, got {names}")
         if self.allowed_clients and (self.tls is None or self.tls.client_ca is None):
             raise ValueError("--allowed-clients needs --tls-client-ca (client identities come from certificates)")
-        if self.grace_seconds < 0 or self.max_connection_age_seconds < 0:
-            raise ValueError("--grace-seconds and --max-connection-age-seconds must be >= 0")
+        if min(self.grace_seconds, self.max_connection_age_seconds, self.shutdown_delay_seconds) < 0:
+            raise ValueError("--grace-seconds, --shutdown-delay-seconds and --max-connection-age-seconds must be >= 0")
         if self.max_message_bytes < 1024:
             raise ValueError("--max-message-bytes must be at least 1024")
 

@@ -223,7 +223,12 @@ class Repository:
 
     def __init__(self, models: list[ServedModel]) -> None:
         self.models = {m.name: m for m in models}
-        self.ready = False
+        self.ready = False  # loaded and warmed up: takes inference calls
+        self.draining = False  # shutting down: still answers, but reports not ready
+
+    @property
+    def reports_ready(self) -> bool:
+        return self.ready and not self.draining
 
     def get(self, name: str, version: str = "") -> ServedModel:
         served = self.models.get(name)

@@ -108,14 +108,14 @@ class InferenceServicer:
         return _Msg("ServerLiveResponse")(live=True)
 
     async def ServerReady(self, request, context):
-        return _Msg("ServerReadyResponse")(ready=self.repository.ready)
+        return _Msg("ServerReadyResponse")(ready=self.repository.reports_ready)
 
     async def ModelReady(self, request, context):
         try:
             self.repository.get(request.name, request.version)
         except errors.ModelNotFound:
             return _Msg("ModelReadyResponse")(ready=False)
-        return _Msg("ModelReadyResponse")(ready=self.repository.ready)
+        return _Msg("ModelReadyResponse")(ready=self.repository.reports_ready)
 
     async def ServerMetadata(self, request, context):
         return _Msg("ServerMetadataResponse")(name="kubeinfer", version=__version__, extensions=self.extensions)
@@ -159,7 +159,7 @@ class InferenceServicer:
 
     async def RepositoryIndex(self, request, context):
         response = _Msg("RepositoryIndexResponse")()
-        state = "READY" if self.repository.ready else "UNAVAILABLE"
+        state = "READY" if self.repository.reports_ready else "UNAVAILABLE"
         for name in sorted(self.repository.models):
             response.models.add(name=name, version=MODEL_VERSION, state=state)
         return response

@@ -108,7 +108,8 @@ class Supervisor:
         for process in self.processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
-        deadline = asyncio.get_running_loop().time() + self.settings.grace_seconds + 5
+        deadline = (asyncio.get_running_loop().time() + self.settings.shutdown_delay_seconds
+                    + self.settings.grace_seconds + 5)
         for process in self.processes:
             while process.is_alive() and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)

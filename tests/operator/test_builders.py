@@ -109,6 +109,7 @@ def test_server_env_follows_the_contract(make_spec):
         "KUBEINFER_INSTANCES": "3",
         "KUBEINFER_PROVIDERS": "tensorrt,cuda,cpu",
         "KUBEINFER_GRACE_SECONDS": "20",
+        "KUBEINFER_SHUTDOWN_DELAY_SECONDS": "5",
         "KUBEINFER_PREFERRED_BATCH_SIZES": "8,16",
         "KUBEINFER_INTRA_OP_THREADS": "2",
         "KUBEINFER_MAX_CONNECTION_AGE_SECONDS": "60",
@@ -118,7 +119,7 @@ def test_server_env_follows_the_contract(make_spec):
         "KUBEINFER_ALLOWED_CLIENTS": "a,b",
     }
     pod = build_deployment(spec, OWNER)["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] == 35
+    assert pod["terminationGracePeriodSeconds"] == 40
     assert {"name": "tls", "secret": {"secretName": "fraud-tls", "defaultMode": 0o440}} in pod["volumes"]
 
 

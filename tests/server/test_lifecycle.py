@@ -3,7 +3,9 @@
 Covers: under load ``kubeinfer_queue_depth`` counts accepted requests; SIGTERM
 turns readiness off, refuses new connections and answers every accepted
 request (queued or running) before a clean exit; a full queue answers
-RESOURCE_EXHAUSTED (not UNAVAILABLE) while the rest succeed; a request whose
+RESOURCE_EXHAUSTED (not UNAVAILABLE) while the rest succeed; with a shutdown
+delay, readiness turns off at SIGTERM but new calls are still answered until the
+delay ends (so clients that have not yet seen the replica leave lose nothing); a request whose
 deadline passes in the queue is dropped before compute (statistics count it
 as failed, never as inferred); with a max connection age, a client that keeps
 calling sees no failures across connection recycling.
@@ -84,6 +86,22 @@ def test_sigterm_drains_every_accepted_request(slow_model):
         assert sorted(int(r.get_response().id) for r, _ in results) == list(range(32))
         assert server.wait(60) == 0
         assert "Draining" in server.log() and "Stopped" in server.log()
+    finally:
+        server.stop()
+
+
+def test_shutdown_delay_keeps_answering_new_calls_while_not_ready(slow_model):
+    server = ServerProcess(f"--model=slow={slow_model}", "--shutdown-delay-seconds=3", "--grace-seconds=10",
+                           "--intra-op-threads=1").start()
+    try:
+        client = tc.InferenceServerClient(server.url)
+        server.terminate()
+        _wait_for(lambda: _readyz(server) == 503, 2, "readiness did not turn off at once on SIGTERM")
+        assert not client.is_server_ready()
+        assert client.infer("slow", _request()).as_numpy("y").shape == (1, WIDTH)  # a new call, still answered
+        assert server.wait(30) == 0
+        log = server.log()
+        assert log.index("still answering new calls for 3s") < log.index("Draining")
     finally:
         server.stop()
 

@@ -2,7 +2,7 @@
 
 Follows docs/server-contract.md: env-configured ``kubeinfer-server serve``,
 gRPC on 8001, metrics and health on 8002, TLS files in /etc/kubeinfer/tls/,
-models in /models/<name>/, terminationGracePeriodSeconds = drain grace + 15.
+models in /models/<name>/, terminationGracePeriodSeconds = shutdown delay (5) + drain grace + 15.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ TLS_DIR = "/etc/kubeinfer/tls"
 MODELS_DIR = "/models"
 RUN_AS = 65532
 GRACE_MARGIN_SECONDS = 15
+# After SIGTERM the server keeps answering new calls this long while EndpointSlices drop the pod.
+SHUTDOWN_DELAY_SECONDS = 5
 PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
     "prometheus.io/port": str(naming.METRICS_PORT),
@@ -56,7 +58,7 @@ def _pod_template(spec: InferenceSpec) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": spec.runtime.drain_grace_seconds + GRACE_MARGIN_SECONDS,
+        "terminationGracePeriodSeconds": SHUTDOWN_DELAY_SECONDS + spec.runtime.drain_grace_seconds + GRACE_MARGIN_SECONDS,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -177,6 +179,7 @@ def server_env(spec: InferenceSpec) -> list[tuple[str, str]]:
         ("KUBEINFER_INSTANCES", str(spec.runtime.instances)),
         ("KUBEINFER_PROVIDERS", ",".join(p.lower() for p in spec.runtime.execution_providers)),
         ("KUBEINFER_GRACE_SECONDS", str(spec.runtime.drain_grace_seconds)),
+        ("KUBEINFER_SHUTDOWN_DELAY_SECONDS", str(SHUTDOWN_DELAY_SECONDS)),
     ]
     if batching.preferred_batch_sizes:
         env.append(("KUBEINFER_PREFERRED_BATCH_SIZES", ",".join(map(str, batching.preferred_batch_sizes))))
