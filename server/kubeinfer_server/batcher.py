@@ -144,26 +144,36 @@ class Batcher:
         if self._listener is not None:
             self._listener.enqueued(pending)
         if self._busy == 0 and len(self._queue) == 1:
-            await self._run_idle()
+            await self._run_idle(pending)
         else:
             self._changed.set()
         return await future
 
-    async def _run_idle(self) -> None:
-        """The idle fast path: this task runs the batch itself, without a hop through
-        the dispatch loop. It claims the model, lets the requests that arrived in
-        the same loop turn queue up behind it, and takes them along."""
+    async def _run_idle(self, pending: Pending) -> None:
+        """The idle fast path: no hop through the dispatch loop. The caller claims the
+        model, lets the requests that arrived in the same loop turn queue up behind
+        it, and takes them along. A batch of the caller's request alone runs in the
+        caller's task; a batch that carries others runs in a task of its own, so that
+        the caller going away (cancellation) cannot leave the others unanswered."""
         self._busy += 1
-        await asyncio.sleep(0)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self._busy -= 1
+            pending.future.cancel()  # dropped when popped
+            self._changed.set()  # the dispatch loop serves whoever queued behind
+            raise
         self._busy -= 1
         now = self._clock()
         head = itertools.islice(self._queue, self.config.max_batch_size + 1)
         batch = self._pop(plan([p.rows for p in head], 0.0, 0, self.config).take, now)
-        if not batch:
+        if len(batch) > 1:
+            self._start_batch(batch, now)
+        elif batch:
+            self._start_accounting(batch, now)
+            await self._run_batch(batch)
+        else:
             self._changed.set()
-            return
-        self._start_accounting(batch, now)
-        await self._run_batch(batch)
 
     async def close(self) -> None:
         """Refuse new requests, let queued and running ones finish, stop the loop."""

@@ -247,3 +247,56 @@ def test_close_answers_queued_requests_then_refuses_new_ones():
         return await asyncio.gather(*pending)
 
     assert run(scenario()) == [[0], [2], [4], [6], [8]]
+
+
+def test_a_caller_cancelled_on_the_idle_path_leaves_the_batcher_working():
+    async def scenario():
+        execute = Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([1], 1))
+        await asyncio.sleep(0)  # first is now inside the idle path's yield
+        first.cancel()
+        await _settle()
+        assert await batcher.submit([2], 1) == [4]  # the model is not stuck "busy"
+        await batcher.close()
+        return first.cancelled()
+
+    assert run(scenario())
+
+
+def test_others_in_a_batch_are_answered_when_its_taker_is_cancelled():
+    async def scenario():
+        execute = Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
+        batcher.start()
+        execute.gate.clear()
+        taker = asyncio.ensure_future(batcher.submit([1], 1))
+        other = asyncio.ensure_future(batcher.submit([2], 1))  # queued in the same loop turn: joins
+        await _settle()
+        assert execute.batches == [[[1], [2]]]
+        taker.cancel()
+        await _settle()
+        execute.gate.set()
+        result = await other
+        await batcher.close()
+        return result
+
+    assert run(scenario()) == [4]
+
+
+def test_requests_queued_behind_a_caller_cancelled_in_its_yield_are_answered():
+    async def scenario():
+        execute = Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
+        batcher.start()
+        taker = asyncio.ensure_future(batcher.submit([1], 1))
+        await asyncio.sleep(0)  # the taker is inside its yield
+        other = asyncio.ensure_future(batcher.submit([2], 1))
+        taker.cancel()
+        result = await other  # nothing else arrives: the dispatcher must be woken for it
+        await batcher.close()
+        return result, execute.batches
+
+    result, batches = run(scenario())
+    assert result == [4] and [1] not in [p for b in batches for p in b]
