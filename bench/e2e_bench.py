@@ -64,7 +64,7 @@ from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 from localcluster import Cluster  # noqa: E402
 from make_models import make_mlp  # noqa: E402
 
-from e2e.e2ekit import (RUNNER_PLACEMENT, Load, batch, client, infer, monitoring, presented_cert,  # noqa: E402
+from e2e.e2ekit import (DIRECT, RUNNER_PLACEMENT, Load, batch, client, infer, monitoring, presented_cert, served_by,  # noqa: E402
                         ready_addresses, service, testhost, write_secret)
 
 NAME = "bench"
@@ -76,7 +76,6 @@ HEAVY_WORKERS, HEAVY_ROWS = 16, 32
 LIGHT_WORKERS, LIGHT_ROWS = 2, 1
 SECTION = "## End to end: autoscaling on the local cluster"
 BEGIN, END = "<!-- e2e_bench:begin -->", "<!-- e2e_bench:end -->"
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class BenchError(RuntimeError):
@@ -252,13 +251,6 @@ def pod_requests(ip: str, timeout: float = 2) -> float:
     return total
 
 
-def prometheus_served(prometheus: str, ns: str) -> dict[str, float]:
-    query = f'sum by (pod) (kubeinfer_requests_total{{namespace="{ns}",code="OK"}})'
-    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    with DIRECT.open(url, timeout=3) as response:
-        result = json.load(response)["data"]["result"]
-    return {r["metric"]["pod"]: float(r["value"][1]) for r in result}
-
 
 def rescale_events(kube: Kube, ns: str, name: str) -> int:
     """Sum of the counts of the HPA's SuccessfulRescale events (aggregated events carry a count)."""
@@ -361,7 +353,7 @@ def scale_out(kube, stack, ns, sampler, certs, res: Results, timeout: float) -> 
         if t_prom is None and now - last_prom >= 1:
             last_prom = now
             try:
-                served = prometheus_served(stack["prometheus"], ns)
+                served = served_by(stack["prometheus"], ns, timeout=3)
                 if any(n > 0 for p, n in served.items() if p.startswith(NAME) and p not in before):
                     t_prom = time.monotonic() - t0
                     say(f"  Prometheus shows a new pod's requests at +{t_prom:.1f}s")

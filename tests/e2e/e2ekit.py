@@ -15,6 +15,8 @@ import socket
 import ssl
 import sys
 import threading
+import urllib.parse
+import urllib.request
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,3 +147,15 @@ def presented_cert(address: str, server_name: str, certs: Path) -> bytes:
     with socket.create_connection((address, 8001), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname=server_name) as tls:
             return tls.getpeercert(binary_form=True)
+
+# Loopback and the runner's pod subnet: never through a proxy.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def served_by(prometheus: str, namespace: str, timeout: float = 5) -> dict[str, float]:
+    """Requests answered per pod, as Prometheus scraped them."""
+    query = f'sum by (pod) (kubeinfer_requests_total{{namespace="{namespace}",code="OK"}})'
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with DIRECT.open(url, timeout=timeout) as response:
+        result = json.load(response)["data"]["result"]
+    return {r["metric"]["pod"]: float(r["value"][1]) for r in result}

@@ -11,27 +11,15 @@ back in after the shortened window; requests in flight meanwhile all succeed.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.parse
-import urllib.request
 
 import pytest
 
-from e2e.e2ekit import Load, get_json, testhost, write_secret
+from e2e.e2ekit import Load, get_json, served_by, testhost, write_secret
 from e2e.test_serving import apply, condition, infd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-
-def served_by(prometheus: str, namespace: str) -> dict[str, float]:
-    """Requests answered per pod, as Prometheus scraped them."""
-    query = f'sum by (pod) (kubeinfer_requests_total{{namespace="{namespace}",code="OK"}})'
-    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    with DIRECT.open(url, timeout=5) as response:
-        result = json.load(response)["data"]["result"]
-    return {r["metric"]["pod"]: float(r["value"][1]) for r in result}
 
 
 def hpa(cluster, namespace: str, name: str) -> dict:
