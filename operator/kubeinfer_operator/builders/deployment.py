@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubeinfer_operator import naming
+from kubeinfer_operator.builders.meta import child_metadata
 from kubeinfer_operator.spec import InferenceSpec
 
 TLS_DIR = "/etc/kubeinfer/tls"
@@ -45,13 +46,10 @@ def build_deployment(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, An
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(spec, naming.deployment_name(spec.name), owner),
+        "metadata": child_metadata(spec, naming.deployment_name(spec.name), owner),
         "spec": body,
     }
 
-
-def _meta(spec: InferenceSpec, name: str, owner: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "namespace": spec.namespace, "labels": naming.labels(spec.name), "ownerReferences": [owner]}
 
 
 def _pod_template(spec: InferenceSpec) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubeinfer_operator import naming
+from kubeinfer_operator.builders.meta import child_metadata
 from kubeinfer_operator.spec import InferenceSpec
 
 
@@ -16,12 +17,7 @@ def build_hpa(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any] | No
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {
-            "name": naming.hpa_name(spec.name),
-            "namespace": spec.namespace,
-            "labels": naming.labels(spec.name),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(spec, naming.hpa_name(spec.name), owner),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment_name(spec.name)},
             "minReplicas": scaling.min_replicas,
@@ -50,12 +46,7 @@ def build_pdb(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any] | No
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": naming.pdb_name(spec.name),
-            "namespace": spec.namespace,
-            "labels": naming.labels(spec.name),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(spec, naming.pdb_name(spec.name), owner),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": naming.selector_labels(spec.name)},

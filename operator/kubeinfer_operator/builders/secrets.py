@@ -15,6 +15,7 @@ import base64
 from typing import Any
 
 from kubeinfer_operator import naming
+from kubeinfer_operator.builders.meta import child_metadata
 from kubeinfer_operator.spec import InferenceSpec
 from kubeinfer_operator.tls import TlsMaterial
 
@@ -28,12 +29,7 @@ def _secret(spec: InferenceSpec, owner: dict[str, Any], name: str, data: dict[st
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "kubernetes.io/tls",
-        "metadata": {
-            "name": name,
-            "namespace": spec.namespace,
-            "labels": naming.labels(spec.name, **labels),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(spec, name, owner, **labels),
         "data": {k: base64.b64encode(v).decode("ascii") for k, v in data.items()},
     }
 
@@ -58,12 +54,7 @@ def build_tls_objects(spec: InferenceSpec, material: TlsMaterial | None, owner: 
     objects.append({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": ca_bundle_name(spec.name),
-            "namespace": spec.namespace,
-            "labels": naming.labels(spec.name, **{role: "ca-bundle"}),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(spec, ca_bundle_name(spec.name), owner, **{role: "ca-bundle"}),
         "data": {"ca.crt": material.ca_pem.decode("ascii")},
     })
     return objects

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubeinfer_operator import naming
+from kubeinfer_operator.builders.meta import child_metadata
 from kubeinfer_operator.spec import InferenceSpec
 
 
@@ -25,12 +26,7 @@ def build_service(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": naming.service_name(spec.name),
-            "namespace": spec.namespace,
-            "labels": naming.labels(spec.name),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(spec, naming.service_name(spec.name), owner),
         "spec": {
             "type": "ClusterIP",
             "selector": naming.selector_labels(spec.name),
@@ -43,12 +39,7 @@ def build_headless_service(spec: InferenceSpec, owner: dict[str, Any]) -> dict[s
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": naming.headless_service_name(spec.name),
-            "namespace": spec.namespace,
-            "labels": naming.labels(spec.name),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(spec, naming.headless_service_name(spec.name), owner),
         "spec": {
             "clusterIP": "None",
             "selector": naming.selector_labels(spec.name),
