@@ -17,6 +17,9 @@ run in its own process (never import it next to the server's own protos).
 real server's ``--workers``; the kernel spreads TCP connections among them.
 When every worker listens, the parent prints ``READY <port>`` on stdout.
 
+It runs on the event loop the server would (``--event-loop``, as
+kubeinfer-server's): uvloop makes both faster, so the two must match.
+
 Usage: python bench/echo_server.py --model mlp=/tmp/models/mlp.onnx --port 18001 [--workers 2]
 """
 
@@ -176,8 +179,10 @@ async def _serve(signatures, host: str, port: int, max_batch_size: int, reuse_po
     await server.stop(grace=1)
 
 
-def _worker(signatures, host, port, max_batch_size, reuse_port, queue) -> None:
-    asyncio.run(_serve(signatures, host, port, max_batch_size, reuse_port, queue.put))
+def _worker(signatures, host, port, max_batch_size, reuse_port, queue, event_loop) -> None:
+    from kubeinfer_server import eventloop  # no protocol modules: just the loop choice
+
+    eventloop.runner(event_loop)[1](_serve(signatures, host, port, max_batch_size, reuse_port, queue.put))
 
 
 def _free_port(host: str) -> int:
@@ -193,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="gRPC port (0: pick a free one)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                        help="as kubeinfer-server's --event-loop: compare the two on the same loop")
     parser.add_argument("--max-batch-size", type=int, default=32,
                         help="max_batch_size advertised in ModelConfig (perf_analyzer checks -b against it)")
     args = parser.parse_args(argv)
@@ -206,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     workers = [
-        ctx.Process(target=_worker, args=(signatures, args.host, port, args.max_batch_size, args.workers > 1, queue),
+        ctx.Process(target=_worker, args=(signatures, args.host, port, args.max_batch_size, args.workers > 1, queue,
+                          args.event_loop),
                     daemon=True)
         for _ in range(args.workers)
     ]

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import harness
+from kubeinfer_server import eventloop
 from harness import Outcome, Windows
 from report import CASES, MEASURED_BATCHES, Case, ModelResult, reference_batch, render_model, render_targets, write_markdown
 
@@ -49,6 +50,7 @@ class Settings:
     server_args: tuple[str, ...]
     threads: int
     workers: int
+    event_loop: str  # the server's --event-loop, resolved; the echo ceiling runs on the same loop
     max_batch_size: int
     windows: Windows
     in_process_seconds: float
@@ -73,12 +75,16 @@ class Servers:
 
 def _flag(args: list[str], name: str, env: str, default: int) -> int:
     """The value of an integer server flag as the server will see it (flag, then env)."""
+    return int(_text_flag(args, name, env, str(default)))
+
+
+def _text_flag(args: list[str], name: str, env: str, default: str) -> str:
     for i, arg in enumerate(args):
         if arg == name and i + 1 < len(args):
-            return int(args[i + 1])
+            return args[i + 1]
         if arg.startswith(name + "="):
-            return int(arg.split("=", 1)[1])
-    return int(os.environ.get(env, default))
+            return arg.split("=", 1)[1]
+    return os.environ.get(env, default)
 
 
 def _make_models(outdir: Path) -> dict[str, Path]:
@@ -110,7 +116,7 @@ def _start(settings: Settings, model: str, path: Path) -> Servers:
         echo_port = harness.free_port()
         servers.echo = harness.Process(
             [sys.executable, str(harness.BENCH_DIR / "echo_server.py"), "--model", f"{model}={path}",
-             "--port", str(echo_port), "--workers", str(settings.workers),
+             "--port", str(echo_port), "--workers", str(settings.workers), "--event-loop", settings.event_loop,
              "--max-batch-size", str(max(settings.max_batch_size, 1))],
             logs / f"{model}-echo.log",
         )
@@ -225,6 +231,7 @@ def _parse(argv: list[str] | None) -> Settings:
         server_args=server_args,
         threads=args.intra_op_threads,
         workers=_flag(list(server_args), "--workers", "KUBEINFER_WORKERS", 1),
+        event_loop=eventloop.runner(_text_flag(list(server_args), "--event-loop", "KUBEINFER_EVENT_LOOP", "auto"))[0],
         max_batch_size=_flag(list(server_args), "--max-batch-size", "KUBEINFER_MAX_BATCH_SIZE", 32),
         windows=Windows(args.window_ms, args.stability_percentage, args.max_trials),
         in_process_seconds=args.in_process_seconds,
@@ -242,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = _make_models(settings.workdir / "models")
     header = (f"kubeinfer server bench {datetime.datetime.now().isoformat(timespec='seconds')}: "
               f"{os.cpu_count()} CPUs, intra-op threads {settings.threads}, workers {settings.workers}, "
+              f"event loop {settings.event_loop} (server and echo), "
               f"server args: {' '.join(settings.server_args) or '(defaults)'}; "
               f"perf_analyzer {settings.windows.max_trials} x {settings.windows.interval_ms} ms windows, "
               f"median of {settings.rounds} round(s)")

@@ -28,7 +28,8 @@ from kubeinfer_server.config import ServeSettings
 from kubeinfer_server.core import Repository, ServedModel
 from kubeinfer_server.metrics import Metrics
 from kubeinfer_server.model import Model
-from kubeinfer_server.servicer import Identity, InferenceServicer, generic_handler
+from kubeinfer_server import servicer as rpc
+from kubeinfer_server.servicer import Identity, InferenceServicer
 from kubeinfer_server.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Server:
     health: HealthServicer
     repository: Repository = field(default_factory=lambda: Repository([]))
     metrics_port: int = 0
+    access_log: AccessLog = field(default_factory=lambda: AccessLog(0.0))
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ready(self) -> bool:
@@ -78,6 +80,7 @@ class Server:
             await self._drain()
         finally:
             await self.grpc_server.stop(0)
+            self.access_log.flush()
             if runner is not None:
                 await runner.cleanup()
 
@@ -121,11 +124,13 @@ def build_server(settings: ServeSettings, reuse_port: bool = False) -> Server:
         ]
     grpc_server = grpc.aio.server(options=options)
     metrics = Metrics()
-    server = Server(settings, grpc_server, 0, metrics, HealthServicer())
-    identity = Identity(settings.allowed_clients)
-    servicer = InferenceServicer(server.repository, metrics, AccessLog(settings.access_log_sample_rate), identity,
+    server = Server(settings, grpc_server, 0, metrics, HealthServicer(),
+                    access_log=AccessLog(settings.access_log_sample_rate))
+    identity = Identity(settings.allowed_clients,
+                        verifies_clients=settings.tls is not None and settings.tls.client_ca is not None)
+    servicer = InferenceServicer(server.repository, metrics, server.access_log, identity,
                                  whole_server_statistics=not reuse_port)
-    grpc_server.add_generic_rpc_handlers((generic_handler(servicer),))
+    rpc.register(servicer, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(server.health, grpc_server)
     _enable_reflection(grpc_server)
     address = f"{settings.host}:{settings.grpc_port}"

@@ -13,6 +13,20 @@ out. The policy, with Triton's knob names:
   waited ``max_queue_delay_us``;
 * a full queue refuses new requests (``QueueFull``); a request whose deadline
   passed, or whose caller went away, is dropped before compute.
+
+The batcher is event driven: it plans when a request arrives, when a batch
+finishes and when a queue delay expires; there is no dispatch task.
+
+A model cheap enough to run on the event loop (``Inline``) takes a shortcut
+when nothing else is going on: a lone request runs at once, in its caller,
+with no queue, future or thread hop, which is what gives the lowest latency at
+concurrency 1. Under load that shortcut would starve batching (while the loop
+runs the model it cannot take the requests that would join the batch), so the
+batcher watches for load: every ``PROBE_EVERY``-th lone request goes through
+the queue and runs off the loop, and if company arrives while it runs, the
+model stays "loaded" (every request queues; batches run off the loop and grow
+while the loop takes new requests) until a batch of one finishes with nobody
+waiting.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +89,9 @@ def plan(rows: Sequence[int], oldest_wait_s: float, busy: int, config: BatchingC
     return Plan(0, wait_s=delay_s - oldest_wait_s)
 
 
+PROBE_EVERY = 8  # in the inline mode, every n-th lone request runs off the loop to look for load
+
+
 class Listener(Protocol):
     """What the serving core hears from the batcher (metrics, statistics)."""
 
@@ -90,10 +108,18 @@ class Pending:
     rows: int
     enqueued_at: float
     deadline: float | None
-    future: asyncio.Future
+    future: asyncio.Future | None  # None: run inline, answered by return
 
 
 Execute = Callable[[Sequence[Any]], Awaitable[Sequence[Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Inline:
+    """How to run a batch on the event loop itself, when it is cheap enough to."""
+
+    cheap: Callable[[int], bool]  # rows -> may a batch this size run on the loop
+    run: Callable[[Sequence[Any]], Sequence[Any]]  # like execute, but synchronous
 
 
 class Batcher:
@@ -103,17 +129,20 @@ class Batcher:
         execute: Execute,
         listener: Listener | None = None,
         clock: Callable[[], float] = time.monotonic,
+        inline: Inline | None = None,
     ) -> None:
         self.config = config
         self._execute = execute
         self._listener = listener
         self._clock = clock
+        self._inline = inline
         self._queue: collections.deque[Pending] = collections.deque()
-        self._changed = asyncio.Event()
         self._busy = 0
         self._running: set[asyncio.Task] = set()
-        self._task: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loaded = False  # requests met in the queue lately: batch off the loop
+        self._lone = 0  # lone requests seen in the inline mode (every PROBE_EVERY-th probes for load)
 
     @property
     def waiting(self) -> int:
@@ -123,8 +152,12 @@ class Batcher:
     def executing(self) -> int:
         return self._busy
 
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name="batcher")
+        """Kept for symmetry with ``close``: the batcher needs no task of its own."""
 
     async def submit(self, payload: Any, rows: int, deadline: float | None = None) -> Any:
         """Queue one request and wait for its result; raises what its execution raised."""
@@ -134,74 +167,67 @@ class Batcher:
             raise InvalidInput(
                 f"request has {rows} rows, more than the model's max batch size {self.config.max_batch_size}"
             )
+        now = self._clock()
+        if (self._inline is not None and not self._busy and not self._queue and not self._loaded
+                and self._inline.cheap(rows)):
+            self._lone += 1
+            if self._lone % PROBE_EVERY:
+                return self._run_inline(Pending(payload, rows, now, deadline, None), now)
         if len(self._queue) >= self.config.max_queue_size:
             raise QueueFull(
                 f"queue is full ({self.config.max_queue_size} requests waiting); retry later"
             )
         future = asyncio.get_running_loop().create_future()
-        pending = Pending(payload, rows, self._clock(), deadline, future)
+        pending = Pending(payload, rows, now, deadline, future)
         self._queue.append(pending)
         if self._listener is not None:
             self._listener.enqueued(pending)
-        if self._busy == 0 and len(self._queue) == 1:
-            await self._run_idle(pending)
-        else:
-            self._changed.set()
+        self._pump()
         return await future
 
-    async def _run_idle(self, pending: Pending) -> None:
-        """The idle fast path: no hop through the dispatch loop. The caller claims the
-        model, lets the requests that arrived in the same loop turn queue up behind
-        it, and takes them along. A batch of the caller's request alone runs in the
-        caller's task; a batch that carries others runs in a task of its own, so that
-        the caller going away (cancellation) cannot leave the others unanswered."""
+    def _run_inline(self, pending: Pending, now: float) -> Any:
+        if pending.deadline is not None and now >= pending.deadline:
+            raise DeadlineExpired("the request's deadline passed before it reached the model")
+        if self._listener is not None:
+            self._listener.enqueued(pending)
+            self._listener.dispatched((pending,), now)
         self._busy += 1
         try:
-            await asyncio.sleep(0)
-        except asyncio.CancelledError:
+            (result,) = self._inline.run((pending.payload,))
+        finally:
             self._busy -= 1
-            pending.future.cancel()  # dropped when popped
-            self._changed.set()  # the dispatch loop serves whoever queued behind
-            raise
-        self._busy -= 1
-        now = self._clock()
-        head = itertools.islice(self._queue, self.config.max_batch_size + 1)
-        batch = self._pop(plan([p.rows for p in head], 0.0, 0, self.config).take, now)
-        if len(batch) > 1:
-            self._start_batch(batch, now)
-        elif batch:
-            self._start_accounting(batch, now)
-            await self._run_batch(batch)
-        else:
-            self._changed.set()
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def close(self) -> None:
-        """Refuse new requests, let queued and running ones finish, stop the loop."""
+        """Refuse new requests, let queued and running ones finish."""
         self._closed = True
-        self._changed.set()
-        if self._task is not None:
-            await self._task
-        if self._running:
+        self._pump()
+        while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
 
-    async def _dispatch_loop(self) -> None:
-        while not (self._closed and not self._queue):
+    def _pump(self) -> None:
+        """Start every batch the policy lets leave now; arm the timer for the next one."""
+        while self._queue:
             now = self._clock()
-            oldest = now - self._queue[0].enqueued_at if self._queue else 0.0
+            # Closing: nobody else is coming, so nobody waits for company.
+            oldest = math.inf if self._closed else now - self._queue[0].enqueued_at
             # plan never looks past max_batch_size + 1 requests (each has at least one row)
             head = itertools.islice(self._queue, self.config.max_batch_size + 1)
             decision = plan([p.rows for p in head], oldest, self._busy, self.config)
             if decision.take:
                 self._start_batch(self._pop(decision.take, now), now)
                 continue
-            if self._closed and self._busy < self.config.instances and self._queue:
-                self._start_batch(self._pop(len(self._queue), now), now)
-                continue
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), decision.wait_s)
-            except TimeoutError:
-                pass
+            if decision.wait_s is not None and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(decision.wait_s, self._on_timer)
+            return
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pump()
 
     def _pop(self, count: int, now: float) -> list[Pending]:
         batch = []
@@ -222,15 +248,12 @@ class Batcher:
         if self._listener is not None:
             self._listener.dropped(pending)
 
-    def _start_accounting(self, batch: list[Pending], now: float) -> None:
-        if self._listener is not None:
-            self._listener.dispatched(batch, now)
-        self._busy += 1
-
     def _start_batch(self, batch: list[Pending], now: float) -> None:
         if not batch:
             return
-        self._start_accounting(batch, now)
+        if self._listener is not None:
+            self._listener.dispatched(batch, now)
+        self._busy += 1
         task = asyncio.get_running_loop().create_task(self._run_batch(batch))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -242,7 +265,9 @@ class Batcher:
             results = [exc] * len(batch)
         finally:
             self._busy -= 1
-            self._changed.set()
+            # Company arrived while this batch ran, or it carried company: stay loaded.
+            # A batch of one with nobody waiting: the load is gone, back to the inline mode.
+            self._loaded = bool(self._queue) or len(batch) > 1
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue
@@ -250,3 +275,4 @@ class Batcher:
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+        self._pump()

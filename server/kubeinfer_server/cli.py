@@ -7,11 +7,11 @@ flag wins), so the operator can configure pods through env vars.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 
+from kubeinfer_server import eventloop
 from kubeinfer_server.batcher import BatchingConfig
 from kubeinfer_server.config import ServeSettings, parse_int_list, parse_model, parse_providers
 from kubeinfer_server.errors import ModelLoadError
@@ -56,6 +56,8 @@ def _serve_parser(sub) -> None:
     p.add_argument("--max-message-bytes", type=int, default=int(_env("MAX_MESSAGE_BYTES", 64 * 1024 * 1024)))
     p.add_argument("--workers", type=int, default=int(_env("WORKERS", 1)),
                    help="server processes sharing the gRPC port (needs a fixed --grpc-port)")
+    p.add_argument("--event-loop", default=_env("EVENT_LOOP", "auto"), choices=eventloop.CHOICES,
+                   help="auto: uvloop when installed, else asyncio's own loop")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
 
 
@@ -93,6 +95,7 @@ def settings_from_args(args) -> ServeSettings:
         shutdown_delay_seconds=args.shutdown_delay_seconds,
         max_connection_age_seconds=args.max_connection_age_seconds,
         max_message_bytes=args.max_message_bytes,
+        event_loop=args.event_loop,
     )
 
 
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fetch(command_parser, args)
     try:
         settings = settings_from_args(args)
+        loop_name, run_on_loop = eventloop.runner(settings.event_loop)
     except ValueError as exc:
         command_parser.error(str(exc))
     if args.workers < 1:
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     from kubeinfer_server.app import run
 
     try:
-        asyncio.run(run(settings))
+        log.info("Event loop: %s", loop_name)
+        run_on_loop(run(settings))
     except (ModelLoadError, TlsError, OSError) as exc:
         log.error("Could not start: %s", exc)
         return 1
@@ -132,7 +137,7 @@ def _serve_workers(parser, settings, count: int) -> int:
         supervisor = Supervisor(settings, count)
     except ValueError as exc:
         parser.error(str(exc))
-    return asyncio.run(supervisor.run())
+    return eventloop.runner(settings.event_loop)[1](supervisor.run())
 
 
 def _fetch(parser, args) -> int:

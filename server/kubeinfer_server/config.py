@@ -30,6 +30,7 @@ class ServeSettings:
     shutdown_delay_seconds: float = 0.0
     max_connection_age_seconds: float = 0.0
     max_message_bytes: int = 64 * 1024 * 1024
+    event_loop: str = "auto"  # eventloop.CHOICES
 
     def __post_init__(self) -> None:
         if not self.models:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kubeinfer_server import tensors
-from kubeinfer_server.batcher import Batcher, BatchingConfig, Pending
+from kubeinfer_server.batcher import Batcher, BatchingConfig, Inline, Pending
 from kubeinfer_server.errors import InvalidInput, ModelNotFound, NotReady
 from kubeinfer_server.metrics import Metrics
 from kubeinfer_server.model import Model, TensorSpec
@@ -79,7 +79,7 @@ class ServedModel:
         self._free_instances = list(range(batching.instances))
         self._pool = ThreadPoolExecutor(batching.instances, thread_name_prefix=f"ort-{model.name}")
         self._inputs = {spec.name: spec for spec in model.inputs}
-        self.batcher = Batcher(batching, self._execute, listener=self)
+        self.batcher = Batcher(batching, self._execute, listener=self, inline=Inline(self._cheap, self._execute_inline))
         self._row_cost_s = INLINE_BELOW_S  # EWMA of compute seconds per row; starts pessimistic
         self._queue_hist = metrics.queue_duration.labels(model.name)
         self._compute_hist = metrics.compute_duration.labels(model.name)
@@ -159,30 +159,36 @@ class ServedModel:
         return ", ".join(f"{s.name} ({s.datatype.name} {list(s.shape)})" for s in self.model.inputs)
 
     async def _execute(self, payloads: Sequence[_Payload]) -> list:
+        """A batch off the event loop, in the thread pool (ONNX Runtime releases the GIL)."""
         instance = self._free_instances.pop()
-        rows = sum(p.rows for p in payloads)
         try:
-            if self._inline(rows):
-                results, rows, timings = self._run_batch(instance, payloads)
-            else:
-                results, rows, timings = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._run_batch, instance, payloads
-                )
+            results, rows, timings = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._run_batch, instance, payloads
+            )
         finally:
             self._free_instances.append(instance)
-        self._row_cost_s += 0.2 * (sum(timings) / rows - self._row_cost_s)
-        self.stats.record_batch(rows, len(payloads), timings)
-        self._compute_hist.observe(sum(timings))
-        self._batch_hist.observe(rows)
+        self._record(rows, len(payloads), timings)
         return results
 
-    def _inline(self, rows: int) -> bool:
+    def _execute_inline(self, payloads: Sequence[_Payload]) -> list:
+        """A batch on the event loop: the batcher calls this only when the model is idle."""
+        results, rows, timings = self._run_batch(self._free_instances[-1], payloads)
+        self._record(rows, len(payloads), timings)
+        return results
+
+    def _record(self, rows: int, requests: int, timings: tuple[float, float, float]) -> None:
+        self._row_cost_s += 0.2 * (sum(timings) / rows - self._row_cost_s)
+        self.stats.record_batch(rows, requests, timings)
+        self._compute_hist.observe(sum(timings))
+        self._batch_hist.observe(rows)
+
+    def _cheap(self, rows: int) -> bool:
         """Run on the event loop when cheap: a thread hop (and the GIL hand-offs it brings)
         costs more than a sub-millisecond run. Only one instance can run inline."""
         return self.batching.instances == 1 and self._row_cost_s * rows < INLINE_BELOW_S
 
     def _run_batch(self, instance: int, payloads: Sequence[_Payload]):
-        """Runs in a worker thread: concatenate once, run once, split into views."""
+        """Concatenate once, run once, split into views (in a worker thread or inline)."""
         start = time.perf_counter()
         if len(payloads) == 1:
             feeds = payloads[0].feeds

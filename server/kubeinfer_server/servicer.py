@@ -45,11 +45,13 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 class Identity:
     """Who is calling: the verified client certificate CN, and whether it may."""
 
-    def __init__(self, allowed: frozenset[str]) -> None:
+    def __init__(self, allowed: frozenset[str], verifies_clients: bool = True) -> None:
         self.allowed = allowed
+        self.verifies_clients = verifies_clients  # False: no client certificates, everyone is anonymous
 
-    @staticmethod
-    def name(context) -> str:
+    def name(self, context) -> str:
+        if not self.verifies_clients:
+            return "anonymous"
         names = context.auth_context().get("x509_common_name")
         return names[0].decode() if names else "anonymous"
 
@@ -102,6 +104,8 @@ class InferenceServicer:
         self.metrics = metrics
         self.access_log = access_log
         self.identity = identity
+        self._counters: dict[tuple[str, str, str], object] = {}  # bound metric children, by labels
+        self._durations: dict[str, object] = {}
 
     # --- health and metadata -------------------------------------------------
     async def ServerLive(self, request, context):
@@ -211,9 +215,16 @@ class InferenceServicer:
     def _account(self, model: str, client: str, code: grpc.StatusCode, seconds: float, batch_rows: int) -> None:
         served = self.repository.models.get(model)
         label = model if served is not None else "unknown"
-        self.metrics.requests.labels(label, code.name, client).inc()
+        key = (label, code.name, client)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.requests.labels(*key)
+        counter.inc()
         if served is not None:
-            self.metrics.request_duration.labels(label).observe(seconds)
+            duration = self._durations.get(label)
+            if duration is None:
+                duration = self._durations[label] = self.metrics.request_duration.labels(label)
+            duration.observe(seconds)
             (served.stats.success if code is grpc.StatusCode.OK else served.stats.fail).add(seconds)
         self.access_log.record(model, client, code.name, seconds, batch_rows)
 
@@ -249,7 +260,7 @@ def _fill_statistics(out, served: ServedModel) -> None:
             getattr(entry, field).count, getattr(entry, field).ns = duration.count, duration.ns
 
 
-def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
     """Method handlers for every RPC in the service descriptor that the servicer implements."""
     handlers = {}
     for method in protocol.SERVICE.methods:
@@ -260,4 +271,12 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         handlers[method.name] = factory(
             behaviour, request_deserializer=request_cls.FromString, response_serializer=response_cls.SerializeToString
         )
-    return grpc.method_handlers_generic_handler(protocol.SERVICE_NAME, handlers)
+    return handlers
+
+
+def register(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Registers the service's methods with the server ahead of time, as generated stubs do:
+    gRPC core then matches each call to its method without a generic-handler lookup."""
+    handlers = method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(protocol.SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(protocol.SERVICE_NAME, handlers)

@@ -24,7 +24,7 @@ import shutil
 import signal
 import tempfile
 
-from kubeinfer_server import http
+from kubeinfer_server import eventloop, http
 from kubeinfer_server.config import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _worker_main(settings: ServeSettings, index: int, ready, log_level: int) -> 
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s")
     from kubeinfer_server.app import run_worker
 
-    asyncio.run(run_worker(settings, ready.set))
+    eventloop.runner(settings.event_loop)[1](run_worker(settings, ready.set))
 
 
 class Supervisor:

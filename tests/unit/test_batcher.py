@@ -7,14 +7,18 @@ the asyncio loop driven by a controllable clock (requests merge into one
 execution and each gets exactly its own result; a full queue refuses with
 QueueFull; a request whose deadline passed is dropped before compute; a
 request too large for the batch is refused; a failed batch fails every
-request in it, and one bad request fails alone; close drains the queue).
+request in it, and one bad request fails alone; close drains the queue);
+cancelled callers; the inline mode for cheap models (a lone request runs in
+its caller, every PROBE_EVERY-th one probes for load off the loop, company
+found by a probe keeps the model loaded until a batch of one finds nobody
+waiting).
 """
 
 import asyncio
 
 import pytest
 
-from kubeinfer_server.batcher import Batcher, BatchingConfig, Plan, plan
+from kubeinfer_server.batcher import PROBE_EVERY, Batcher, BatchingConfig, Inline, Plan, plan
 from kubeinfer_server.errors import DeadlineExpired, InvalidInput, NotReady, QueueFull
 
 CFG = BatchingConfig(max_batch_size=8, max_queue_delay_us=1000, preferred_batch_sizes=(), instances=2)
@@ -136,7 +140,7 @@ def test_queue_delay_expiry_dispatches_a_partial_batch():
         await _settle()
         assert len(execute.batches) == 1  # a second instance is free, but the request waits for company
         clock.now += 0.0005
-        batcher._changed.set()  # the loop's timer would fire now; wake it by hand
+        await asyncio.sleep(0.002)  # the batcher's timer (real time) fires and sees the delay passed
         await _settle()
         assert len(execute.batches) == 2
         execute.gate.set()
@@ -249,14 +253,17 @@ def test_close_answers_queued_requests_then_refuses_new_ones():
     assert run(scenario()) == [[0], [2], [4], [6], [8]]
 
 
-def test_a_caller_cancelled_on_the_idle_path_leaves_the_batcher_working():
+def test_a_cancelled_running_caller_leaves_the_batcher_working():
     async def scenario():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
         batcher.start()
+        execute.gate.clear()
         first = asyncio.ensure_future(batcher.submit([1], 1))
-        await asyncio.sleep(0)  # first is now inside the idle path's yield
+        await _settle()  # first's batch is running
         first.cancel()
+        await _settle()
+        execute.gate.set()
         await _settle()
         assert await batcher.submit([2], 1) == [4]  # the model is not stuck "busy"
         await batcher.close()
@@ -265,19 +272,22 @@ def test_a_caller_cancelled_on_the_idle_path_leaves_the_batcher_working():
     assert run(scenario())
 
 
-def test_others_in_a_batch_are_answered_when_its_taker_is_cancelled():
+def test_others_in_a_batch_are_answered_when_one_caller_is_cancelled():
     async def scenario():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
         batcher.start()
         execute.gate.clear()
-        taker = asyncio.ensure_future(batcher.submit([1], 1))
-        other = asyncio.ensure_future(batcher.submit([2], 1))  # queued in the same loop turn: joins
+        running = asyncio.ensure_future(batcher.submit([0], 1))
         await _settle()
-        assert execute.batches == [[[1], [2]]]
-        taker.cancel()
+        leaver = asyncio.ensure_future(batcher.submit([1], 1))
+        other = asyncio.ensure_future(batcher.submit([2], 1))
         await _settle()
-        execute.gate.set()
+        execute.gate.set()  # the first batch ends; the next takes both queued requests
+        await running
+        await _settle()
+        assert execute.batches[1] == [[1], [2]]
+        leaver.cancel()
         result = await other
         await batcher.close()
         return result
@@ -285,18 +295,131 @@ def test_others_in_a_batch_are_answered_when_its_taker_is_cancelled():
     assert run(scenario()) == [4]
 
 
-def test_requests_queued_behind_a_caller_cancelled_in_its_yield_are_answered():
+def test_a_request_whose_caller_left_the_queue_is_dropped_before_compute():
     async def scenario():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
         batcher.start()
-        taker = asyncio.ensure_future(batcher.submit([1], 1))
-        await asyncio.sleep(0)  # the taker is inside its yield
+        execute.gate.clear()
+        running = asyncio.ensure_future(batcher.submit([0], 1))
+        await _settle()
+        leaver = asyncio.ensure_future(batcher.submit([1], 1))
         other = asyncio.ensure_future(batcher.submit([2], 1))
-        taker.cancel()
-        result = await other  # nothing else arrives: the dispatcher must be woken for it
+        await _settle()
+        leaver.cancel()
+        await _settle()
+        execute.gate.set()
+        result = await other
+        await running
         await batcher.close()
         return result, execute.batches
 
     result, batches = run(scenario())
     assert result == [4] and [1] not in [p for b in batches for p in b]
+
+
+class InlineRecorder:
+    """The synchronous side of a cheap model: remembers the batches it ran on the loop."""
+
+    def __init__(self, cheap: bool = True) -> None:
+        self.batches: list[list] = []
+        self.inline = Inline(cheap=lambda rows: cheap, run=self.run)
+
+    def run(self, payloads):
+        self.batches.append(list(payloads))
+        return [ValueError(f"bad {p}") if p == "bad" else [x * 3 for x in p] for p in payloads]
+
+
+def test_a_lone_request_to_a_cheap_model_runs_inline_but_probes_for_load():
+    async def scenario():
+        execute, inline = Recorder(), InlineRecorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock(),
+                          inline=inline.inline)
+        results = [await batcher.submit([i], 1) for i in range(2 * PROBE_EVERY)]
+        with pytest.raises(ValueError, match="bad"):
+            await batcher.submit("bad", 1)  # a failed inline run fails its caller alone
+        await batcher.close()
+        return results, execute.batches, inline.batches, batcher.loaded
+
+    results, off_loop, on_loop, loaded = run(scenario())
+    probes = [i for i in range(2 * PROBE_EVERY) if (i + 1) % PROBE_EVERY == 0]
+    assert off_loop == [[[i]] for i in probes]  # every PROBE_EVERY-th lone request ran off the loop
+    assert len(on_loop) == 2 * PROBE_EVERY - len(probes) + 1
+    assert results == [[i * 2] if i in probes else [i * 3] for i in range(2 * PROBE_EVERY)]
+    assert not loaded  # each probe ran alone and nobody waited: no load seen
+
+
+def test_a_probe_that_finds_company_keeps_the_model_loaded_until_the_load_is_gone():
+    async def scenario():
+        execute, inline = Recorder(), InlineRecorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=8, instances=1), execute, clock=Clock(),
+                          inline=inline.inline)
+        for i in range(PROBE_EVERY - 1):
+            await batcher.submit([i], 1)  # inline
+        execute.gate.clear()
+        probe = asyncio.ensure_future(batcher.submit([100], 1))  # the probe runs off the loop...
+        await _settle()
+        company = [asyncio.ensure_future(batcher.submit([200 + i], 1)) for i in range(3)]  # ...and they queue
+        await _settle()
+        execute.gate.set()
+        await asyncio.gather(probe, *company)
+        loaded_after_company = batcher.loaded
+        inline_runs = len(inline.batches)
+        alone = await batcher.submit([300], 1)  # loaded: through the queue, off the loop; a batch of one
+        loaded_after_alone = batcher.loaded
+        again_inline = await batcher.submit([400], 1)
+        await batcher.close()
+        return (execute.batches, loaded_after_company, inline_runs, len(inline.batches), alone,
+                loaded_after_alone, again_inline)
+
+    batches, loaded, inline_before, inline_after, alone, loaded_after_alone, again_inline = run(scenario())
+    assert batches[:2] == [[[100]], [[200], [201], [202]]]
+    assert loaded and inline_before == PROBE_EVERY - 1
+    assert alone == [600] and batches[2] == [[300]] and not loaded_after_alone
+    assert again_inline == [1200] and inline_after == inline_before + 1
+
+
+def test_a_model_too_costly_for_the_loop_never_runs_inline():
+    async def scenario():
+        execute, inline = Recorder(), InlineRecorder(cheap=False)
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock(),
+                          inline=inline.inline)
+        results = [await batcher.submit([i], 1) for i in range(3)]
+        await batcher.close()
+        return results, inline.batches
+
+    assert run(scenario()) == ([[0], [2], [4]], [])
+
+
+def test_an_inline_request_past_its_deadline_is_refused_before_compute():
+    async def scenario():
+        clock, inline = Clock(), InlineRecorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), Recorder(), clock=clock,
+                          inline=inline.inline)
+        with pytest.raises(DeadlineExpired):
+            await batcher.submit([1], 1, deadline=clock.now - 0.001)
+        await batcher.close()
+        return inline.batches
+
+    assert run(scenario()) == []
+
+
+def test_close_does_not_keep_queued_requests_waiting_for_company():
+    async def scenario():
+        execute = Recorder()
+        cfg = BatchingConfig(max_batch_size=8, max_queue_delay_us=10**9, instances=2)
+        batcher = Batcher(cfg, execute, clock=Clock())
+        execute.gate.clear()
+        running = asyncio.ensure_future(batcher.submit([0], 1))
+        await _settle()
+        waiting = asyncio.ensure_future(batcher.submit([1], 1))  # a free instance, but waits for company
+        await _settle()
+        assert len(execute.batches) == 1
+        closing = asyncio.ensure_future(batcher.close())
+        await _settle()
+        dispatched = len(execute.batches)  # nobody else is coming: it leaves now
+        execute.gate.set()
+        await closing
+        return dispatched, await running, await waiting
+
+    assert run(scenario()) == (2, [0], [2])
