@@ -24,9 +24,9 @@ concurrency 1. Under load that shortcut would starve batching (while the loop
 runs the model it cannot take the requests that would join the batch), so the
 batcher watches for load: every ``PROBE_EVERY``-th lone request goes through
 the queue and runs off the loop, and if company arrives while it runs, the
-model stays "loaded" (every request queues; batches run off the loop and grow
-while the loop takes new requests) until a batch of one finishes with nobody
-waiting.
+model is "loaded": every request queues, and batches run off the loop and
+grow while the loop takes new requests, until ``CALM_BATCHES`` batches in a
+row ran alone and found nobody waiting when they finished.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def plan(rows: Sequence[int], oldest_wait_s: float, busy: int, config: BatchingC
 
 
 PROBE_EVERY = 8  # in the inline mode, every n-th lone request runs off the loop to look for load
+CALM_BATCHES = 4  # the loaded mode ends after this many batches in a row ran alone with nobody waiting
 
 
 class Listener(Protocol):
@@ -141,6 +142,7 @@ class Batcher:
         self._running: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._calm = CALM_BATCHES  # batches in a row that ran alone with nobody waiting
         self._loaded = False  # requests met in the queue lately: batch off the loop
         self._lone = 0  # lone requests seen in the inline mode (every PROBE_EVERY-th probes for load)
 
@@ -267,7 +269,8 @@ class Batcher:
             self._busy -= 1
             # Company arrived while this batch ran, or it carried company: stay loaded.
             # A batch of one with nobody waiting: the load is gone, back to the inline mode.
-            self._loaded = bool(self._queue) or len(batch) > 1
+            self._calm = 0 if self._queue or len(batch) > 1 else self._calm + 1
+            self._loaded = self._calm < CALM_BATCHES
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue

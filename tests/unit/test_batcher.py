@@ -10,15 +10,15 @@ request too large for the batch is refused; a failed batch fails every
 request in it, and one bad request fails alone; close drains the queue);
 cancelled callers; the inline mode for cheap models (a lone request runs in
 its caller, every PROBE_EVERY-th one probes for load off the loop, company
-found by a probe keeps the model loaded until a batch of one finds nobody
-waiting).
+found by a probe keeps the model loaded until CALM_BATCHES batches in a row
+ran alone and found nobody waiting).
 """
 
 import asyncio
 
 import pytest
 
-from kubeinfer_server.batcher import PROBE_EVERY, Batcher, BatchingConfig, Inline, Plan, plan
+from kubeinfer_server.batcher import CALM_BATCHES, PROBE_EVERY, Batcher, BatchingConfig, Inline, Plan, plan
 from kubeinfer_server.errors import DeadlineExpired, InvalidInput, NotReady, QueueFull
 
 CFG = BatchingConfig(max_batch_size=8, max_queue_delay_us=1000, preferred_batch_sizes=(), instances=2)
@@ -365,17 +365,21 @@ def test_a_probe_that_finds_company_keeps_the_model_loaded_until_the_load_is_gon
         await asyncio.gather(probe, *company)
         loaded_after_company = batcher.loaded
         inline_runs = len(inline.batches)
-        alone = await batcher.submit([300], 1)  # loaded: through the queue, off the loop; a batch of one
-        loaded_after_alone = batcher.loaded
+        alone, still_loaded = [], []
+        for i in range(CALM_BATCHES):  # loaded: through the queue, off the loop, each a batch of one
+            alone.append(await batcher.submit([300 + i], 1))
+            still_loaded.append(batcher.loaded)
         again_inline = await batcher.submit([400], 1)
         await batcher.close()
-        return (execute.batches, loaded_after_company, inline_runs, len(inline.batches), alone,
-                loaded_after_alone, again_inline)
+        return (execute.batches, loaded_after_company, inline_runs, len(inline.batches), alone, still_loaded,
+                again_inline)
 
-    batches, loaded, inline_before, inline_after, alone, loaded_after_alone, again_inline = run(scenario())
+    batches, loaded, inline_before, inline_after, alone, still_loaded, again_inline = run(scenario())
     assert batches[:2] == [[[100]], [[200], [201], [202]]]
     assert loaded and inline_before == PROBE_EVERY - 1
-    assert alone == [600] and batches[2] == [[300]] and not loaded_after_alone
+    assert alone == [[(300 + i) * 2] for i in range(CALM_BATCHES)]
+    assert batches[2:] == [[[300 + i]] for i in range(CALM_BATCHES)]
+    assert still_loaded == [True] * (CALM_BATCHES - 1) + [False]  # calm long enough: back to inline
     assert again_inline == [1200] and inline_after == inline_before + 1
 
 
