@@ -2,12 +2,13 @@
 
 ``ServedModel`` validates a request against the model's signature, queues it
 on the model's batcher and turns a batch into one ONNX Runtime run: one
-concatenate per input, the run in a worker thread, outputs split back as views.
-Batches predicted to run in under a millisecond run on the event loop itself,
-where a thread hop would cost more than the run; the rest run in a thread pool
-(ONNX Runtime releases the GIL), one thread per instance. ``Repository`` holds the served models and the server's readiness. The gRPC
-servicer is a thin adapter over these.
-"""
+concatenate per input, one run, outputs split back as views. A batch runs in
+a thread pool (ONNX Runtime releases the GIL), one thread per instance, or,
+when the batcher finds the model idle and the run is predicted to take under a
+millisecond, on the event loop itself, where a thread hop would cost more than
+the run (see ``batcher``: the inline mode and how it notices load).
+``Repository`` holds the served models and the server's readiness. The gRPC
+servicer is a thin adapter over these."""
 
 from __future__ import annotations
 

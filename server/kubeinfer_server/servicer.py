@@ -31,6 +31,7 @@ STATUS_BY_ERROR: dict[type[errors.ServingError], grpc.StatusCode] = {
 }
 
 EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "statistics", "schedule_policy"]
+STREAM_WINDOW = 64  # requests of one ModelStreamInfer call in flight at once
 TYPED_FIELDS = {t.name: t.contents_field for t in tensors.BY_NAME.values()}
 _Msg = protocol.message
 
@@ -176,15 +177,39 @@ class InferenceServicer:
         return response
 
     async def ModelStreamInfer(self, request_iterator, context):
-        async for request in request_iterator:
-            response, code, message = await self._infer(request, context)
-            if code is grpc.StatusCode.OK:
-                yield _Msg("ModelStreamInferResponse")(infer_response=response)
-            else:
-                yield _Msg("ModelStreamInferResponse")(
-                    error_message=message,
-                    infer_response=protocol.ModelInferResponse(model_name=request.model_name, id=request.id),
-                )
+        """The requests of one stream run concurrently, up to ``STREAM_WINDOW`` at a time, so
+        that they batch together as requests from many clients do; the responses go back in
+        the order of the requests."""
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        in_flight: asyncio.Queue = asyncio.Queue()  # (request, task), then None when the stream ends
+        reader = asyncio.ensure_future(self._read_stream(request_iterator, context, window, in_flight))
+        try:
+            while (item := await in_flight.get()) is not None:
+                request, task = item
+                response, code, message = await task
+                window.release()
+                if code is grpc.StatusCode.OK:
+                    yield _Msg("ModelStreamInferResponse")(infer_response=response)
+                else:
+                    yield _Msg("ModelStreamInferResponse")(
+                        error_message=message,
+                        infer_response=protocol.ModelInferResponse(model_name=request.model_name, id=request.id),
+                    )
+            await reader  # a broken stream ends the call with the reader's error
+        finally:  # the call ended or was cancelled: nothing is left running
+            reader.cancel()
+            while not in_flight.empty():
+                item = in_flight.get_nowait()
+                if item is not None:
+                    item[1].cancel()
+
+    async def _read_stream(self, request_iterator, context, window: asyncio.Semaphore, in_flight: asyncio.Queue):
+        try:
+            async for request in request_iterator:
+                await window.acquire()
+                in_flight.put_nowait((request, asyncio.ensure_future(self._infer(request, context))))
+        finally:
+            in_flight.put_nowait(None)
 
     async def _infer(self, msg, context):
         start = time.monotonic()

@@ -5,7 +5,8 @@ perf_analyzer reads), repository index; inference with raw and typed
 contents, every datatype through an identity model, requested-output subsets,
 request id echo, unknown request parameters ignored; predictions equal
 in-process ONNX Runtime; concurrent requests batch together and never cross
-outputs; true ModelStatistics counts; ModelStreamInfer; bad input (wrong
+outputs; true ModelStatistics counts; ModelStreamInfer (the requests of one
+stream batch together and come back in order); bad input (wrong
 dtype, wrong shape, missing/unknown input, byte length, unknown model or
 version, unknown output, message over --max-message-bytes) gets the right code
 and a readable message, and the server keeps serving; a non-batchable model;
@@ -15,6 +16,7 @@ the metric names of the contract.
 
 import concurrent.futures
 import queue
+import time
 import urllib.request
 
 import grpc
@@ -186,6 +188,55 @@ def test_stream_infer_answers_each_request(client, models):
     session = ort.InferenceSession(models["linear"])
     np.testing.assert_array_equal(ok["3"], session.run(["logits"], {"x": np.full((1, 4), 3, np.float32)})[0])
     assert len(errors) == 1 and "model 'nope' is not served here" in str(errors[0])
+
+
+def test_one_stream_runs_its_requests_together_and_answers_in_order(models):
+    # Sent back to back on one stream, the requests must not wait for each other one by one:
+    # they share executions (as requests from separate clients do) and come back in order.
+    session = ort.InferenceSession(models["slow"])
+    xs = [np.full((1, 256), i / 24, dtype=np.float32) for i in range(24)]
+    results: queue.Queue = queue.Queue()
+    with ServerProcess(f"--model=slow={models['slow']}", "--max-queue-delay-us=20000") as server:
+        client = tc.InferenceServerClient(server.url)
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        try:
+            for i, x in enumerate(xs):
+                client.async_stream_infer("slow", [_input("x", x, "FP32")], request_id=str(i))
+            answers = [results.get(timeout=30) for _ in xs]
+        finally:
+            client.stop_stream()
+        stats = client.get_inference_statistics("slow", as_json=True)["model_stats"][0]
+        client.close()
+    assert [e for _, e in answers if e is not None] == []
+    assert [r.get_response().id for r, _ in answers] == [str(i) for i in range(len(xs))]
+    for x, (result, _) in zip(xs, answers, strict=True):
+        np.testing.assert_allclose(result.as_numpy("y"), session.run(["y"], {"x": x})[0], rtol=1e-4, atol=1e-5)
+    assert int(stats["inference_stats"]["success"]["count"]) == len(xs)
+    assert int(stats["execution_count"]) < len(xs), "requests of one stream should share executions"
+
+
+def test_a_stream_cancelled_with_requests_in_flight_leaves_the_server_serving(models):
+    with ServerProcess(f"--model=slow={models['slow']}") as server:
+        client = tc.InferenceServerClient(server.url)
+        client.start_stream(callback=lambda result, error: None)
+        for i in range(16):
+            client.async_stream_infer("slow", [_input("x", np.ones((3, 256), np.float32), "FP32")], request_id=str(i))
+        client.stop_stream(cancel_requests=True)
+        x = np.ones((1, 256), np.float32)
+        got = client.infer("slow", [_input("x", x, "FP32")]).as_numpy("y")
+        client.close()
+        assert got.shape == (1, 256)
+
+        def depth():
+            text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10).read().decode()
+            return [line for line in text.splitlines() if line.startswith('kubeinfer_queue_depth{model="slow"}')]
+
+        # Nothing of the cancelled stream stays accepted and unanswered (the cancel travels
+        # asynchronously, so give it a moment).
+        deadline = time.monotonic() + 10
+        while depth() != ['kubeinfer_queue_depth{model="slow"} 0.0'] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert depth() == ['kubeinfer_queue_depth{model="slow"} 0.0']
 
 
 def test_bad_input_gets_clear_errors_and_server_keeps_serving(client):
