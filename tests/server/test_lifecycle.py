@@ -131,15 +131,18 @@ def test_full_queue_answers_resource_exhausted(slow_model):
 def test_expired_deadline_is_dropped_before_compute(slow_model):
     with ServerProcess(f"--model=slow={slow_model}", "--max-batch-size=8", "--intra-op-threads=1") as server:
         client = tc.InferenceServerClient(server.url)
-        busy = _fire(client, 24, rows=8)  # one request per batch: a long queue of real work
-        _wait_for(lambda: (_metric(server, "kubeinfer_queue_waiting") or 0) >= 8, 30,
+        # One request per batch: a long queue of real work. 32 batches of 8 rows through
+        # this model take far longer than the 50 ms deadline, even on a machine a few times
+        # faster than these (8 queued were not always enough).
+        busy = _fire(client, 48, rows=8)
+        _wait_for(lambda: (_metric(server, "kubeinfer_queue_waiting") or 0) >= 32, 30,
                   "the busy requests never queued up")
         with pytest.raises(InferenceServerException) as err:
-            client.infer("slow", _request(), client_timeout=0.1)
+            client.infer("slow", _request(), client_timeout=0.05)
         assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
-        assert all(e is None for _, e in (busy.get(timeout=120) for _ in range(24)))
+        assert all(e is None for _, e in (busy.get(timeout=120) for _ in range(48)))
         stats = client.get_inference_statistics("slow", as_json=True)["model_stats"][0]
-        assert int(stats["inference_count"]) == 24 * 8, "the expired request must not be computed"
+        assert int(stats["inference_count"]) == 48 * 8, "the expired request must not be computed"
         assert int(stats["inference_stats"]["fail"]["count"]) >= 1
 
 
