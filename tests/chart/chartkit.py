@@ -50,11 +50,14 @@ def free_port() -> int:
 
 # Lines where the API server refused a request for lack of permission. A namespace
 # being deleted also answers 403 ("being terminated"); that is not about RBAC.
+# The leading timestamp is left out of the search: its milliseconds can read ",403]".
 RBAC_DENIED = re.compile(r"forbidden|\b403\b|Not enough permissions", re.IGNORECASE)
+TIMESTAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]")
 
 
 def rbac_denials(log: str) -> list[str]:
-    return [line for line in log.splitlines() if RBAC_DENIED.search(line) and "being terminated" not in line]
+    return [line for line in log.splitlines()
+            if RBAC_DENIED.search(TIMESTAMP.sub("", line)) and "being terminated" not in line]
 
 
 class OperatorRun:

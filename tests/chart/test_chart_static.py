@@ -26,7 +26,7 @@ import re
 import pytest
 import yaml
 
-from chart.chartkit import CHART, REPO, of_kind, value_args
+from chart.chartkit import CHART, REPO, of_kind, rbac_denials, value_args
 
 from kubeinfer_operator import builders, handlers, kube, naming, settings
 
@@ -329,3 +329,15 @@ def test_notes_tell_what_to_apply_next():
     notes = (CHART / "templates" / "NOTES.txt").read_text()
     assert "kind: InferenceDeployment" in notes and "kubectl apply" in notes
     assert "kubectl apply --server-side -f crds/" in notes
+
+
+def test_the_rbac_proof_reads_denials_not_timestamps():
+    # The RBAC proof fails on any operator log line that reads as a denial; a timestamp whose
+    # milliseconds are 403 once made it fail on an ordinary "Created" line.
+    log = "\n".join([
+        "[2026-11-29 23:33:12,403] kubeinfer_operator.r [INFO    ] Created ConfigMap ns/rbac-ca-bundle",
+        "[2026-11-29 23:33:12,404] kopf.objects [ERROR   ] APIForbiddenError: configmaps is forbidden",
+        "[2026-11-29 23:33:12,405] kubeinfer_operator.api [WARNING ] PATCH answered 403",
+        "[2026-11-29 23:33:12,406] kopf [INFO    ] namespace ns is being terminated (403)",
+    ])
+    assert [line[26:30] for line in rbac_denials(log)] == ["kopf", "kube"]
