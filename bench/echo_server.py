@@ -34,6 +34,8 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from kubeinfer_server import eventloop  # the server's loop choice; imports no protocol module
+
 LOG = logging.getLogger("echo_server")
 
 # ONNX TensorProto element type -> (OIP datatype, Triton config type, item size).
@@ -180,8 +182,6 @@ async def _serve(signatures, host: str, port: int, max_batch_size: int, reuse_po
 
 
 def _worker(signatures, host, port, max_batch_size, reuse_port, queue, event_loop) -> None:
-    from kubeinfer_server import eventloop  # no protocol modules: just the loop choice
-
     eventloop.runner(event_loop)[1](_serve(signatures, host, port, max_batch_size, reuse_port, queue.put))
 
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="gRPC port (0: pick a free one)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
-    parser.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+    parser.add_argument("--event-loop", default="auto", choices=eventloop.CHOICES,
                         help="as kubeinfer-server's --event-loop: compare the two on the same loop")
     parser.add_argument("--max-batch-size", type=int, default=32,
                         help="max_batch_size advertised in ModelConfig (perf_analyzer checks -b against it)")

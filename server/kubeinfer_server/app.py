@@ -28,8 +28,7 @@ from kubeinfer_server.config import ServeSettings
 from kubeinfer_server.core import Repository, ServedModel
 from kubeinfer_server.metrics import Metrics
 from kubeinfer_server.model import Model
-from kubeinfer_server import servicer as rpc
-from kubeinfer_server.servicer import Identity, InferenceServicer
+from kubeinfer_server.servicer import Identity, InferenceServicer, register
 from kubeinfer_server.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,6 @@ class Server:
         await self._set_health(NOT_SERVING)
         try:
             await asyncio.to_thread(self._load_models)
-            self.repository.start()
             self.repository.ready = True
             await self._set_health(SERVING)
             if serve_http:
@@ -130,7 +128,7 @@ def build_server(settings: ServeSettings, reuse_port: bool = False) -> Server:
                         verifies_clients=settings.tls is not None and settings.tls.client_ca is not None)
     servicer = InferenceServicer(server.repository, metrics, server.access_log, identity,
                                  whole_server_statistics=not reuse_port)
-    rpc.register(servicer, grpc_server)
+    register(servicer, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(server.health, grpc_server)
     _enable_reflection(grpc_server)
     address = f"{settings.host}:{settings.grpc_port}"

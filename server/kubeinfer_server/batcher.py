@@ -142,8 +142,9 @@ class Batcher:
         self._running: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._calm = CALM_BATCHES  # batches in a row that ran alone with nobody waiting
-        self._loaded = False  # requests met in the queue lately: batch off the loop
+        # Batches in a row that ran alone and found nobody waiting; below CALM_BATCHES the
+        # model is loaded (requests met in the queue lately): every request queues.
+        self._calm = CALM_BATCHES
         self._lone = 0  # lone requests seen in the inline mode (every PROBE_EVERY-th probes for load)
 
     @property
@@ -156,10 +157,7 @@ class Batcher:
 
     @property
     def loaded(self) -> bool:
-        return self._loaded
-
-    def start(self) -> None:
-        """Kept for symmetry with ``close``: the batcher needs no task of its own."""
+        return self._calm < CALM_BATCHES
 
     async def submit(self, payload: Any, rows: int, deadline: float | None = None) -> Any:
         """Queue one request and wait for its result; raises what its execution raised."""
@@ -170,7 +168,7 @@ class Batcher:
                 f"request has {rows} rows, more than the model's max batch size {self.config.max_batch_size}"
             )
         now = self._clock()
-        if (self._inline is not None and not self._busy and not self._queue and not self._loaded
+        if (self._inline is not None and not self._busy and not self._queue and not self.loaded
                 and self._inline.cheap(rows)):
             self._lone += 1
             if self._lone % PROBE_EVERY:
@@ -270,7 +268,6 @@ class Batcher:
             # Company arrived while this batch ran, or it carried company: stay loaded.
             # A batch of one with nobody waiting: the load is gone, back to the inline mode.
             self._calm = 0 if self._queue or len(batch) > 1 else self._calm + 1
-            self._loaded = self._calm < CALM_BATCHES
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue

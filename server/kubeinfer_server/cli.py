@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         command_parser.error("--workers must be at least 1")
     if args.workers > 1:
-        return _serve_workers(command_parser, settings, args.workers)
+        return _serve_workers(command_parser, settings, args.workers, run_on_loop)
     from kubeinfer_server.app import run
 
     try:
@@ -130,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _serve_workers(parser, settings, count: int) -> int:
+def _serve_workers(parser, settings, count: int, run_on_loop) -> int:
     from kubeinfer_server.workers import Supervisor
 
     try:
         supervisor = Supervisor(settings, count)
     except ValueError as exc:
         parser.error(str(exc))
-    return eventloop.runner(settings.event_loop)[1](supervisor.run())
+    return run_on_loop(supervisor.run())
 
 
 def _fetch(parser, args) -> int:

@@ -82,6 +82,7 @@ class ServedModel:
         self._inputs = {spec.name: spec for spec in model.inputs}
         self.batcher = Batcher(batching, self._execute, listener=self, inline=Inline(self._cheap, self._execute_inline))
         self._row_cost_s = INLINE_BELOW_S  # EWMA of compute seconds per row; starts pessimistic
+        self.request_hist = metrics.request_duration.labels(model.name)  # observed by the transport
         self._queue_hist = metrics.queue_duration.labels(model.name)
         self._compute_hist = metrics.compute_duration.labels(model.name)
         self._batch_hist = metrics.batch_size.labels(model.name)
@@ -92,9 +93,6 @@ class ServedModel:
     @property
     def max_batch_size(self) -> int:
         return self.batching.max_batch_size
-
-    def start(self) -> None:
-        self.batcher.start()
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -252,10 +250,6 @@ class Repository:
         if not self.ready:
             raise NotReady("the server is not ready (starting up or draining)")
         return await self.get(request.model, request.version).infer(request)
-
-    def start(self) -> None:
-        for served in self.models.values():
-            served.start()
 
     async def close(self) -> None:
         self.ready = False

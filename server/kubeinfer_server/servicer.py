@@ -106,7 +106,6 @@ class InferenceServicer:
         self.access_log = access_log
         self.identity = identity
         self._counters: dict[tuple[str, str, str], object] = {}  # bound metric children, by labels
-        self._durations: dict[str, object] = {}
 
     # --- health and metadata -------------------------------------------------
     async def ServerLive(self, request, context):
@@ -246,10 +245,7 @@ class InferenceServicer:
             counter = self._counters[key] = self.metrics.requests.labels(*key)
         counter.inc()
         if served is not None:
-            duration = self._durations.get(label)
-            if duration is None:
-                duration = self._durations[label] = self.metrics.request_duration.labels(label)
-            duration.observe(seconds)
+            served.request_hist.observe(seconds)
             (served.stats.success if code is grpc.StatusCode.OK else served.stats.fail).add(seconds)
         self.access_log.record(model, client, code.name, seconds, batch_rows)
 

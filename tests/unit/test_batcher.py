@@ -110,7 +110,6 @@ def test_requests_arriving_while_busy_merge_and_split_exactly():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=8, max_queue_delay_us=10**9, instances=1), execute,
                           clock=Clock())
-        batcher.start()
         execute.gate.clear()
         first = asyncio.ensure_future(batcher.submit([1], rows=1))
         await _settle()  # the idle model takes the first request alone, and is now busy
@@ -132,7 +131,6 @@ def test_queue_delay_expiry_dispatches_a_partial_batch():
         clock, execute = Clock(), Recorder()
         cfg = BatchingConfig(max_batch_size=8, max_queue_delay_us=500, instances=2)
         batcher = Batcher(cfg, execute, clock=clock)
-        batcher.start()
         execute.gate.clear()
         busy = asyncio.ensure_future(batcher.submit([0], rows=1))
         await _settle()
@@ -154,7 +152,6 @@ def test_full_queue_refuses_with_queue_full():
     async def scenario():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=1, max_queue_size=2, instances=1), execute, clock=Clock())
-        batcher.start()
         execute.gate.clear()
         running = asyncio.ensure_future(batcher.submit([0], rows=1))
         await _settle()
@@ -173,7 +170,6 @@ def test_expired_deadline_is_dropped_before_compute():
     async def scenario():
         clock, execute = Clock(), Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=clock)
-        batcher.start()
         execute.gate.clear()
         running = asyncio.ensure_future(batcher.submit([0], rows=1))
         await _settle()
@@ -196,7 +192,6 @@ def test_expired_deadline_is_dropped_before_compute():
 def test_request_larger_than_max_batch_is_refused():
     async def scenario():
         batcher = Batcher(BatchingConfig(max_batch_size=4), Recorder(), clock=Clock())
-        batcher.start()
         with pytest.raises(InvalidInput, match="more than the model's max batch size 4"):
             await batcher.submit([1] * 5, rows=5)
         await batcher.close()
@@ -208,7 +203,6 @@ def test_failed_batch_fails_every_request_and_bad_request_fails_alone():
     async def failing():
         batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), Recorder(RuntimeError("boom")),
                           clock=Clock())
-        batcher.start()
         results = await asyncio.gather(batcher.submit([1], 1), batcher.submit([2], 1), return_exceptions=True)
         await batcher.close()
         return results
@@ -216,7 +210,6 @@ def test_failed_batch_fails_every_request_and_bad_request_fails_alone():
     async def one_bad():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
-        batcher.start()
         execute.gate.clear()
         first = asyncio.ensure_future(batcher.submit([1], 1))
         await _settle()
@@ -238,7 +231,6 @@ def test_close_answers_queued_requests_then_refuses_new_ones():
     async def scenario():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=2, instances=1), execute, clock=Clock())
-        batcher.start()
         execute.gate.clear()
         pending = [asyncio.ensure_future(batcher.submit([i], 1)) for i in range(5)]
         await _settle()
@@ -257,7 +249,6 @@ def test_a_cancelled_running_caller_leaves_the_batcher_working():
     async def scenario():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
-        batcher.start()
         execute.gate.clear()
         first = asyncio.ensure_future(batcher.submit([1], 1))
         await _settle()  # first's batch is running
@@ -276,7 +267,6 @@ def test_others_in_a_batch_are_answered_when_one_caller_is_cancelled():
     async def scenario():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
-        batcher.start()
         execute.gate.clear()
         running = asyncio.ensure_future(batcher.submit([0], 1))
         await _settle()
@@ -299,7 +289,6 @@ def test_a_request_whose_caller_left_the_queue_is_dropped_before_compute():
     async def scenario():
         execute = Recorder()
         batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
-        batcher.start()
         execute.gate.clear()
         running = asyncio.ensure_future(batcher.submit([0], 1))
         await _settle()
