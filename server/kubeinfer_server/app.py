@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,7 +23,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from google.protobuf import descriptor_pb2
 
-from kubeinfer_server import http, protocol
+from kubeinfer_server import http, metrics, protocol
 from kubeinfer_server.accesslog import AccessLog
 from kubeinfer_server.config import ServeSettings
 from kubeinfer_server.core import Repository, ServedModel
@@ -163,10 +164,16 @@ async def run(settings: ServeSettings) -> None:
     await server.serve()
 
 
-async def run_worker(settings: ServeSettings, on_ready) -> None:
-    """One of ``--workers`` processes: gRPC on the shared port, no HTTP (the parent serves it)."""
+async def run_worker(settings: ServeSettings, on_ready, snapshot: Path) -> None:
+    """One of ``--workers`` processes: gRPC on the shared port, no HTTP; the parent serves
+    /metrics from the snapshot this worker keeps writing to ``snapshot``."""
     server = build_server(settings, reuse_port=True)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.stop)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the parent decides when to stop
-    await server.serve(on_ready=lambda _: on_ready(), serve_http=False)
+    publisher = asyncio.ensure_future(metrics.publish_snapshots(server.metrics, snapshot))
+    try:
+        await server.serve(on_ready=lambda _: on_ready(), serve_http=False)
+    finally:
+        publisher.cancel()
+        metrics.write_snapshot(server.metrics.snapshot(), snapshot)

@@ -14,7 +14,8 @@ out. The policy, with Triton's knob names:
 * a full queue refuses new requests (``QueueFull``); a request whose deadline
   passed, or whose caller went away, is dropped before compute.
 
-The batcher is event driven: it plans when a request arrives, when a batch
+The batcher is event driven: it plans at the end of each loop turn in which
+requests arrived (requests that arrive together leave together), when a batch
 finishes and when a queue delay expires; there is no dispatch task.
 
 A model cheap enough to run on the event loop (``Inline``) takes a shortcut
@@ -141,6 +142,7 @@ class Batcher:
         self._busy = 0
         self._running: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._pump_soon = False
         self._closed = False
         # Batches in a row that ran alone and found nobody waiting; below CALM_BATCHES the
         # model is loaded (requests met in the queue lately): every request queues.
@@ -182,8 +184,15 @@ class Batcher:
         self._queue.append(pending)
         if self._listener is not None:
             self._listener.enqueued(pending)
-        self._pump()
+        if not self._pump_soon:
+            self._pump_soon = True
+            asyncio.get_running_loop().call_soon(self._deferred_pump)
         return await future
+
+    def _deferred_pump(self) -> None:
+        """After the requests that became ready in this loop turn have queued (call_soon)."""
+        self._pump_soon = False
+        self._pump()
 
     def _run_inline(self, pending: Pending, now: float) -> Any:
         if pending.deadline is not None and now >= pending.deadline:

@@ -3,7 +3,7 @@
 ``ServedModel`` validates a request against the model's signature, queues it
 on the model's batcher and turns a batch into one ONNX Runtime run: one
 concatenate per input, one run, outputs split back as views. A batch runs in
-a thread pool (ONNX Runtime releases the GIL), one thread per instance, or,
+a thread of its instance (ONNX Runtime releases the GIL), or,
 when the batcher finds the model idle and the run is predicted to take under a
 millisecond, on the event loop itself, where a thread hop would cost more than
 the run (see ``batcher``: the inline mode and how it notices load).
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +36,7 @@ MODEL_VERSION = "1"
 INLINE_BELOW_S = 0.001  # batches predicted to run faster than this run on the event loop
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InputTensor:
     """One request input as it came off the wire: raw bytes or typed values."""
 
@@ -54,7 +56,7 @@ class InferRequest:
     deadline: float | None = None  # time.monotonic() seconds
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferResult:
     outputs: list[tuple[TensorSpec, np.ndarray]]
     batch_rows: int  # rows in the batch this request ran in
@@ -64,6 +66,58 @@ class InferResult:
 class _Payload:
     feeds: dict[str, np.ndarray]
     rows: int
+
+
+class InstanceThreads:
+    """One thread per model instance, each running the batches put on its own queue and
+    answering through the event loop: a lighter hand-off than ``run_in_executor`` (no
+    concurrent future to wrap, no pool bookkeeping), paid once per batch."""
+
+    def __init__(self, count: int, run: Callable[[int, Any], Any], name: str) -> None:
+        self._run = run
+        self._jobs = [queue.SimpleQueue() for _ in range(count)]
+        self._threads = [
+            threading.Thread(target=self._serve, args=(i,), name=f"ort-{name}-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, instance: int, job: Any) -> asyncio.Future:
+        """Run ``run(instance, job)`` on that instance's thread; the future resolves on the loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs[instance].put((loop, future, job))
+        return future
+
+    def close(self) -> None:
+        """Stop the threads once their queued work is done (the batcher has drained by now)."""
+        for jobs in self._jobs:
+            jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _serve(self, instance: int) -> None:
+        jobs = self._jobs[instance]
+        while (item := jobs.get()) is not None:
+            loop, future, job = item
+            try:
+                outcome = (self._run(instance, job), None)
+            except BaseException as exc:  # handed to the awaiting coroutine, not lost here
+                outcome = (None, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():  # cancelled while the batch ran
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class ServedModel:
@@ -78,17 +132,16 @@ class ServedModel:
         self.stats = ModelStats()
         self._metrics = metrics
         self._free_instances = list(range(batching.instances))
-        self._pool = ThreadPoolExecutor(batching.instances, thread_name_prefix=f"ort-{model.name}")
+        self._threads = InstanceThreads(batching.instances, self._run_batch, model.name)
         self._inputs = {spec.name: spec for spec in model.inputs}
+        # (index, size) of each fixed dimension of each input, checked per request
+        self._fixed_dims = {spec.name: tuple((i, d) for i, d in enumerate(spec.shape) if d != -1)
+                            for spec in model.inputs}
+        self._all_outputs = list(range(len(model.outputs)))
         self.batcher = Batcher(batching, self._execute, listener=self, inline=Inline(self._cheap, self._execute_inline))
         self._row_cost_s = INLINE_BELOW_S  # EWMA of compute seconds per row; starts pessimistic
-        self.request_hist = metrics.request_duration.labels(model.name)  # observed by the transport
-        self._queue_hist = metrics.queue_duration.labels(model.name)
-        self._compute_hist = metrics.compute_duration.labels(model.name)
-        self._batch_hist = metrics.batch_size.labels(model.name)
-        self._depth = metrics.queue_depth.labels(model.name)
-        self._waiting = metrics.queue_waiting.labels(model.name)
-        metrics.model_info.labels(model.name, ",".join(model.providers), str(batching.instances)).set(1)
+        # live metric values (plain numbers; read when /metrics is scraped)
+        self.metrics = metrics.model(model.name, ",".join(model.providers), batching.instances)
 
     @property
     def max_batch_size(self) -> int:
@@ -96,17 +149,19 @@ class ServedModel:
 
     async def close(self) -> None:
         await self.batcher.close()
-        self._pool.shutdown(wait=True)
+        self._threads.close()
 
     async def infer(self, request: InferRequest) -> InferResult:
         feeds, rows = self._decode(request.inputs)
-        selected = self._select_outputs(request.outputs)
-        self._depth.inc()
+        selected = self._select_outputs(request.outputs) if request.outputs else self._all_outputs
+        live = self.metrics
+        live.in_flight += 1
         try:
             outputs, batch_rows = await self.batcher.submit(_Payload(feeds, rows), rows, request.deadline)
         finally:
-            self._depth.dec()
-        return InferResult([(self.model.outputs[i], outputs[i]) for i in selected], batch_rows)
+            live.in_flight -= 1
+        specs = self.model.outputs
+        return InferResult([(specs[i], outputs[i]) for i in selected], batch_rows)
 
     def _decode(self, inputs: list[InputTensor]) -> tuple[dict[str, np.ndarray], int]:
         feeds: dict[str, np.ndarray] = {}
@@ -133,8 +188,8 @@ class ServedModel:
                 f"input '{tensor.name}' is {tensor.datatype} but the model expects {spec.datatype.name}"
             )
         shape = tensor.shape
-        if len(shape) != len(spec.shape) or any(
-            d < 0 or (want != -1 and d != want) for d, want in zip(shape, spec.shape)
+        if len(shape) != len(spec.shape) or (shape and min(shape) < 0) or any(
+            shape[i] != want for i, want in self._fixed_dims[spec.name]
         ):
             raise InvalidInput(
                 f"input '{tensor.name}' has shape {list(shape)}; the model expects {list(spec.shape)} "
@@ -158,12 +213,10 @@ class ServedModel:
         return ", ".join(f"{s.name} ({s.datatype.name} {list(s.shape)})" for s in self.model.inputs)
 
     async def _execute(self, payloads: Sequence[_Payload]) -> list:
-        """A batch off the event loop, in the thread pool (ONNX Runtime releases the GIL)."""
+        """A batch off the event loop, on its instance's thread (ONNX Runtime releases the GIL)."""
         instance = self._free_instances.pop()
         try:
-            results, rows, timings = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._run_batch, instance, payloads
-            )
+            results, rows, timings = await self._threads.submit(instance, payloads)
         finally:
             self._free_instances.append(instance)
         self._record(rows, len(payloads), timings)
@@ -178,8 +231,8 @@ class ServedModel:
     def _record(self, rows: int, requests: int, timings: tuple[float, float, float]) -> None:
         self._row_cost_s += 0.2 * (sum(timings) / rows - self._row_cost_s)
         self.stats.record_batch(rows, requests, timings)
-        self._compute_hist.observe(sum(timings))
-        self._batch_hist.observe(rows)
+        self.metrics.compute_seconds.observe(sum(timings))
+        self.metrics.batch_rows.observe(rows)
 
     def _cheap(self, rows: int) -> bool:
         """Run on the event loop when cheap: a thread hop (and the GIL hand-offs it brings)
@@ -209,18 +262,20 @@ class ServedModel:
 
     # Listener: called by the batcher on the event loop.
     def enqueued(self, pending: Pending) -> None:
-        self._waiting.inc()
+        self.metrics.waiting += 1
 
     def dispatched(self, batch: Sequence[Pending], now: float) -> None:
-        self._waiting.dec(len(batch))
+        live = self.metrics
+        live.waiting -= len(batch)
+        queue, observe = self.stats.queue, live.queue_seconds.observe
         for pending in batch:
             waited = now - pending.enqueued_at
-            self.stats.queue.add(waited)
-            self._queue_hist.observe(waited)
+            queue.add(waited)
+            observe(waited)
 
     def dropped(self, pending: Pending) -> None:
         """The servicer accounts the request's failure where it ends; here it only stops waiting."""
-        self._waiting.dec()
+        self.metrics.waiting -= 1
 
 
 class Repository:

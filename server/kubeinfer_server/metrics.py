@@ -1,63 +1,196 @@
 """Prometheus metrics: declared once, here. Names are a contract (ARCHITECTURE.md).
 
+The request path only touches plain Python values (``ModelMetrics``: counts,
+bucket lists, sums); prometheus-client turns them into metric families when
+``/metrics`` is scraped (``Collector``). Updating prometheus-client's own metric
+objects costs a lock and several calls per update, about a tenth of a small
+request's server time under load, for values that are read every few seconds.
+
 ``kubeinfer_queue_depth`` is the autoscaling signal: requests accepted and not
 yet answered (waiting for a batch or executing), per model. With ``--workers``
-each process writes its values to ``PROMETHEUS_MULTIPROC_DIR`` and the parent
-serves their sum (gauges ``livesum``: a dead worker's queue no longer counts).
+each process writes a snapshot of its values to a directory every
+``SNAPSHOT_EVERY_S`` seconds (and at exit); the parent serves their sum, where
+the gauges count live workers only (a dead worker's queue no longer counts).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import asyncio
+import bisect
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SNAPSHOT_EVERY_S = 0.1  # a worker's snapshot lags its live values by at most this
+
+GAUGES = {  # ModelMetrics attribute -> (name, help)
+    "in_flight": ("kubeinfer_queue_depth", "Requests accepted and not yet answered (waiting or executing)."),
+    "waiting": ("kubeinfer_queue_waiting", "Requests waiting for a batch."),
+}
+HISTOGRAMS = {  # ModelMetrics attribute -> (name, help, buckets)
+    "request_seconds": ("kubeinfer_request_duration_seconds", "Time from receiving a request to answering it.",
+                        LATENCY_BUCKETS),
+    "queue_seconds": ("kubeinfer_queue_duration_seconds", "Time a request waited for its batch.", LATENCY_BUCKETS),
+    "compute_seconds": ("kubeinfer_compute_duration_seconds",
+                        "Time to run one batch (concatenate, infer, split).", LATENCY_BUCKETS),
+    "batch_rows": ("kubeinfer_batch_size", "Rows in each executed batch.", BATCH_BUCKETS),
+}
+REQUESTS = ("kubeinfer_requests", "Inference requests answered, by gRPC status code and client identity.")
+MODEL_INFO = ("kubeinfer_model_info", "Served models and the execution providers their sessions got.")
+
+
+class Histogram:
+    """Bucket counts (not cumulative; the last one is +Inf) and a sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.sum += value
+
+
+class ModelMetrics:
+    """One model's live values, updated in place on the request path."""
+
+    __slots__ = ("model", "providers", "instances", "in_flight", "waiting", *HISTOGRAMS)
+
+    def __init__(self, model: str, providers: str, instances: int) -> None:
+        self.model, self.providers, self.instances = model, providers, instances
+        self.in_flight = 0
+        self.waiting = 0
+        for attribute, (_, _, buckets) in HISTOGRAMS.items():
+            setattr(self, attribute, Histogram(buckets))
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.queue_depth = Gauge(
-            "kubeinfer_queue_depth", "Requests accepted and not yet answered (waiting or executing).",
-            ["model"], registry=r, multiprocess_mode="livesum",
-        )
-        self.queue_waiting = Gauge(
-            "kubeinfer_queue_waiting", "Requests waiting for a batch.", ["model"], registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.requests = Counter(
-            "kubeinfer_requests", "Inference requests answered, by gRPC status code and client identity.",
-            ["model", "code", "client"], registry=r,
-        )
-        self.request_duration = Histogram(
-            "kubeinfer_request_duration_seconds", "Time from receiving a request to answering it.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.queue_duration = Histogram(
-            "kubeinfer_queue_duration_seconds", "Time a request waited for its batch.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.compute_duration = Histogram(
-            "kubeinfer_compute_duration_seconds", "Time to run one batch (concatenate, infer, split).",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.batch_size = Histogram(
-            "kubeinfer_batch_size", "Rows in each executed batch.", ["model"], buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.model_info = Gauge(
-            "kubeinfer_model_info", "Served models and the execution providers their sessions got.",
-            ["model", "providers", "instances"], registry=r, multiprocess_mode="max",
-        )
+    """Every model's live values and the request counts, exposed through ``registry``."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ModelMetrics] = {}
+        self.requests: dict[tuple[str, str, str], int] = {}  # (model, code, client) -> answered
+        self.registry = CollectorRegistry()
+        self.registry.register(Collector(lambda: [self.snapshot()]))
+
+    def model(self, name: str, providers: str, instances: int) -> ModelMetrics:
+        self.models[name] = ModelMetrics(name, providers, instances)
+        return self.models[name]
+
+    def count_request(self, model: str, code: str, client: str) -> None:
+        key = (model, code, client)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    def snapshot(self) -> dict:
+        """The values as plain data (what a worker writes and the collector reads)."""
+        return {
+            "models": [
+                {"model": m.model, "providers": m.providers, "instances": m.instances,
+                 "gauges": {a: getattr(m, a) for a in GAUGES},
+                 "histograms": {a: [list(getattr(m, a).counts), getattr(m, a).sum] for a in HISTOGRAMS}}
+                for m in self.models.values()
+            ],
+            "requests": [[*key, count] for key, count in self.requests.items()],
+        }
 
 
-def multiprocess_registry() -> CollectorRegistry:
-    """The parent's view with ``--workers``: every worker's values, combined."""
-    from prometheus_client import multiprocess
+class Collector:
+    """Builds the metric families from snapshots: one process's, or every worker's summed
+    (``live`` says, per snapshot, whether its gauges still count)."""
+
+    def __init__(self, snapshots: Callable[[], Iterable[dict]], live: Callable[[dict], bool] = lambda s: True):
+        self._snapshots = snapshots
+        self._live = live
+
+    def collect(self):
+        gauges: dict[str, dict[str, float]] = {a: {} for a in GAUGES}
+        histograms: dict[str, dict[str, list]] = {a: {} for a in HISTOGRAMS}
+        requests: dict[tuple[str, ...], float] = {}
+        info: dict[tuple[str, str, str], float] = {}
+        for snapshot in self._snapshots():
+            live = self._live(snapshot)
+            for m in snapshot["models"]:
+                name = m["model"]
+                info[(name, m["providers"], str(m["instances"]))] = 1.0
+                for attribute, value in m["gauges"].items():
+                    gauges[attribute][name] = gauges[attribute].get(name, 0) + (value if live else 0)
+                for attribute, (counts, total) in m["histograms"].items():
+                    merged = histograms[attribute].setdefault(name, [[0] * len(counts), 0.0])
+                    merged[0] = [a + b for a, b in zip(merged[0], counts)]
+                    merged[1] += total
+            for *key, count in snapshot["requests"]:
+                requests[tuple(key)] = requests.get(tuple(key), 0) + count
+        for attribute, (name, documentation) in GAUGES.items():
+            family = GaugeMetricFamily(name, documentation, labels=["model"])
+            for model, value in gauges[attribute].items():
+                family.add_metric([model], value)
+            yield family
+        family = CounterMetricFamily(*REQUESTS, labels=["model", "code", "client"])
+        for key, count in requests.items():
+            family.add_metric(list(key), count)
+        yield family
+        for attribute, (name, documentation, bounds) in HISTOGRAMS.items():
+            family = HistogramMetricFamily(name, documentation, labels=["model"])
+            for model, (counts, total) in histograms[attribute].items():
+                cumulative, buckets = 0, []
+                for bound, count in zip([*bounds, float("inf")], counts):
+                    cumulative += count
+                    buckets.append((floatToGoString(float(bound)), cumulative))
+                family.add_metric([model], buckets, total)
+            yield family
+        family = GaugeMetricFamily(*MODEL_INFO, labels=["model", "providers", "instances"])
+        for key, value in info.items():
+            family.add_metric(list(key), value)
+        yield family
+
+
+# --- --workers: one snapshot file per worker, summed by the parent -------------------------
+def snapshot_path(directory: str, index: int) -> Path:
+    return Path(directory) / f"worker-{index}.json"
+
+
+def write_snapshot(snapshot: dict, path: Path) -> None:
+    """Atomically replace ``path`` with ``snapshot`` (``Metrics.snapshot()``)."""
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"worker": path.stem, **snapshot}))
+    os.replace(temporary, path)
+
+
+async def publish_snapshots(metrics: Metrics, path: Path) -> None:
+    """A worker's task: write the snapshot whenever it changed, every ``SNAPSHOT_EVERY_S``.
+    The caller writes a last one at exit (cancelling this task)."""
+    last = None
+    while True:
+        current = metrics.snapshot()
+        if current != last:
+            write_snapshot(current, path)
+            last = current
+        await asyncio.sleep(SNAPSHOT_EVERY_S)
+
+
+def workers_registry(directory: str, is_live: Callable[[str], bool]) -> CollectorRegistry:
+    """The parent's view with ``--workers``: every worker's snapshot, summed; ``is_live`` takes
+    a worker's name (``worker-N``) and says whether its gauges still count."""
+
+    def snapshots():
+        for path in sorted(Path(directory).glob("worker-*.json")):
+            try:
+                yield json.loads(path.read_text())
+            except (OSError, ValueError):  # replaced between listing and reading: next scrape
+                continue
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    registry.register(Collector(snapshots, live=lambda snapshot: is_live(snapshot["worker"])))
     return registry

@@ -65,33 +65,32 @@ class Identity:
 
 def decode_request(msg) -> InferRequest:
     raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
-        raise errors.InvalidInput(
-            f"{len(raw)} raw_input_contents for {len(msg.inputs)} inputs; send one per input, in order"
-        )
-    inputs = []
-    for i, tensor in enumerate(msg.inputs):
-        shape = tuple(tensor.shape)
-        if raw:
-            inputs.append(InputTensor(tensor.name, tensor.datatype, shape, raw=raw[i]))
-        else:
+    tensors_in = msg.inputs
+    if raw:
+        if len(raw) != len(tensors_in):
+            raise errors.InvalidInput(
+                f"{len(raw)} raw_input_contents for {len(tensors_in)} inputs; send one per input, in order"
+            )
+        inputs = [InputTensor(t.name, t.datatype, tuple(t.shape), data, None) for t, data in zip(tensors_in, raw)]
+    else:
+        inputs = []
+        for tensor in tensors_in:
             field = TYPED_FIELDS.get(tensor.datatype)
             if field is None:
                 raise errors.InvalidInput(f"input '{tensor.name}': unknown datatype '{tensor.datatype}'")
-            inputs.append(InputTensor(tensor.name, tensor.datatype, shape, values=getattr(tensor.contents, field)))
-    return InferRequest(
-        model=msg.model_name,
-        version=msg.model_version,
-        inputs=inputs,
-        outputs=tuple(o.name for o in msg.outputs),
-    )
+            inputs.append(InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape), None,
+                                      getattr(tensor.contents, field)))
+    requested = msg.outputs
+    return InferRequest(msg.model_name, msg.model_version, inputs,
+                        tuple(o.name for o in requested) if requested else ())
 
 
 def encode_response(msg, served: ServedModel, result) -> object:
     response = protocol.ModelInferResponse(model_name=served.name, model_version=MODEL_VERSION, id=msg.id)
+    outputs, contents = response.outputs, response.raw_output_contents
     for spec, array in result.outputs:
-        response.outputs.add(name=spec.name, datatype=spec.datatype.name, shape=array.shape)
-        response.raw_output_contents.append(tensors.encode(array, spec.datatype))
+        outputs.add(name=spec.name, datatype=spec.datatype.name, shape=array.shape)
+        contents.append(tensors.encode(array, spec.datatype))
     return response
 
 
@@ -105,7 +104,6 @@ class InferenceServicer:
         self.metrics = metrics
         self.access_log = access_log
         self.identity = identity
-        self._counters: dict[tuple[str, str, str], object] = {}  # bound metric children, by labels
 
     # --- health and metadata -------------------------------------------------
     async def ServerLive(self, request, context):
@@ -238,15 +236,10 @@ class InferenceServicer:
 
     def _account(self, model: str, client: str, code: grpc.StatusCode, seconds: float, batch_rows: int) -> None:
         served = self.repository.models.get(model)
-        label = model if served is not None else "unknown"
-        key = (label, code.name, client)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.metrics.requests.labels(*key)
-        counter.inc()
         if served is not None:
-            served.request_hist.observe(seconds)
+            served.metrics.request_seconds.observe(seconds)
             (served.stats.success if code is grpc.StatusCode.OK else served.stats.fail).add(seconds)
+        self.metrics.count_request(model if served is not None else "unknown", code.name, client)
         self.access_log.record(model, client, code.name, seconds, batch_rows)
 
     async def _model(self, request, context) -> ServedModel:

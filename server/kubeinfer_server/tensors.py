@@ -130,4 +130,6 @@ def encode(array: np.ndarray, datatype: Datatype) -> bytes:
             parts.append(struct.pack("<I", len(data)))
             parts.append(data)
         return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=datatype.dtype).tobytes()
+    if array.dtype != datatype.dtype:
+        array = array.astype(datatype.dtype)
+    return array.tobytes()  # C order, whatever the array's strides

@@ -4,8 +4,8 @@ Python runs one thread at a time per process, so on a machine with several
 cores the per-call gRPC work of one process is the limit for small requests.
 The parent starts N workers (each loads its own sessions and batches its own
 requests; the kernel spreads connections over them), serves HTTP itself
-(``/metrics`` summed over the workers through prometheus-client's
-multiprocess mode, ``/healthz``, ``/readyz`` when every worker is ready) and
+(``/metrics`` summed over the snapshots the workers write, see
+``metrics``, ``/healthz``, ``/readyz`` when every worker is ready) and
 on SIGTERM lets each worker drain. If a worker dies, the parent stops the
 others and exits non-zero, so Kubernetes restarts the pod rather than serving
 at reduced capacity behind a ready probe.
@@ -30,11 +30,12 @@ from kubeinfer_server.config import ServeSettings
 log = logging.getLogger(__name__)
 
 
-def _worker_main(settings: ServeSettings, index: int, ready, log_level: int) -> None:
+def _worker_main(settings: ServeSettings, index: int, ready, log_level: int, metrics_dir: str) -> None:
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s")
     from kubeinfer_server.app import run_worker
+    from kubeinfer_server.metrics import snapshot_path
 
-    eventloop.runner(settings.event_loop)[1](run_worker(settings, ready.set))
+    eventloop.runner(settings.event_loop)[1](run_worker(settings, ready.set, snapshot_path(metrics_dir, index)))
 
 
 class Supervisor:
@@ -44,7 +45,6 @@ class Supervisor:
         self.settings = settings
         self.count = count
         self.metrics_dir = tempfile.mkdtemp(prefix="kubeinfer-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir  # inherited by the workers
         self._ctx = multiprocessing.get_context("spawn")
         self.processes: list = []
         self.ready_events: list = []
@@ -59,20 +59,21 @@ class Supervisor:
         level = logging.getLogger().getEffectiveLevel()
         for index in range(self.count):
             ready = self._ctx.Event()
-            process = self._ctx.Process(target=_worker_main, args=(self.settings, index, ready, level),
+            process = self._ctx.Process(target=_worker_main,
+                                        args=(self.settings, index, ready, level, self.metrics_dir),
                                         name=f"kubeinfer-worker-{index}")
             process.start()
             self.processes.append(process)
             self.ready_events.append(ready)
 
     async def run(self) -> int:
-        from kubeinfer_server.metrics import multiprocess_registry
+        from kubeinfer_server.metrics import workers_registry
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.start_workers()
-        runner, port = await http.start(http.build_app(multiprocess_registry(), self.ready),
+        runner, port = await http.start(http.build_app(workers_registry(self.metrics_dir, self._worker_alive), self.ready),
                                         self.settings.host, self.settings.metrics_port)
         try:
             code = await self._supervise(port)
@@ -81,6 +82,11 @@ class Supervisor:
             await runner.cleanup()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return code
+
+    def _worker_alive(self, name: str) -> bool:
+        """Whether the worker that wrote snapshot ``worker-N`` still runs (its gauges count)."""
+        index = int(name.rpartition("-")[2])
+        return index < len(self.processes) and self.processes[index].is_alive()
 
     async def _supervise(self, metrics_port: int) -> int:
         announced = False
@@ -101,8 +107,6 @@ class Supervisor:
         return 0
 
     async def _stop_workers(self) -> None:
-        from prometheus_client import multiprocess
-
         self.draining = True
         log.info("Draining: stopping %d workers within %.0fs", self.count, self.settings.grace_seconds)
         for process in self.processes:
@@ -116,5 +120,4 @@ class Supervisor:
             if process.is_alive():
                 process.kill()
             process.join(5)
-            multiprocess.mark_process_dead(process.pid)
         log.info("Stopped")

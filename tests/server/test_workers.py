@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import time
 import urllib.request
 import concurrent.futures
 
@@ -65,10 +66,17 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path):
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda i: _call(server.url, i), range(64)))
         assert len(results) == 64 and all(r.shape == (1, 3) for r in results)
-        text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=5).read().decode()
-        total = sum(float(v) for v in re.findall(
-            r'^kubeinfer_requests_total\{client="anonymous",code="OK",model="linear"\} ([0-9.e+]+)$', text, re.M))
+        # the workers publish snapshots every 0.1 s: the sum settles within a few of them
+        deadline = time.monotonic() + 5
+        while True:
+            text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=5).read().decode()
+            total = sum(float(v) for v in re.findall(
+                r'^kubeinfer_requests_total\{client="anonymous",code="OK",model="linear"\} ([0-9.e+]+)$', text, re.M))
+            if total == 64 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert total == 64, text
+        assert re.search(r'^kubeinfer_request_duration_seconds_count\{model="linear"\} 64\.0$', text, re.M), text
         assert re.search(r'^kubeinfer_queue_depth\{model="linear"\} 0\.0$', text, re.M), text
         assert urllib.request.urlopen(f"{server.metrics_url}/readyz", timeout=5).status == 200
         server.terminate()
