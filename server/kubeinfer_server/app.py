@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,14 @@ from kubeinfer_server.servicer import Identity, InferenceServicer, register
 from kubeinfer_server.tls import server_credentials
 
 log = logging.getLogger(__name__)
+
+# How long a thread waiting for the GIL lets the holder run before asking it to let go
+# (Python's default is 5 ms). A model thread needs the GIL for a few microseconds at the
+# start and end of every batch; with the default, an event loop that stays busy with new
+# requests holds a finished batch back for up to 5 ms. Measured on 2 cores at concurrency
+# 64 (mlp): +7% throughput on average over five interleaved pairs; concurrency 1 and
+# batch-32 requests unchanged.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -57,6 +66,7 @@ class Server:
         self._stop.set()
 
     async def serve(self, on_ready=None, serve_http: bool = True) -> None:
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         await self.grpc_server.start()
         runner = None
         if serve_http:
