@@ -1,6 +1,7 @@
 """Server benchmark: kubeinfer-server against in-process ONNX Runtime and the RPC ceiling.
 
-For each sample model (examples/make_models.py: mlp, cnn) one run:
+For each sample model (examples/make_models.py: mlp, cnn, and on request linear,
+which has next to no compute) one run:
 
 1. times in-process ONNX Runtime with the server's thread settings (the
    compute limit) at batch 1, 8, 32 and 64;
@@ -207,7 +208,9 @@ def _measure(settings: Settings, model: str, servers: Servers, target: str, case
 
 def _parse(argv: list[str] | None) -> Settings:
     parser = argparse.ArgumentParser(description="kubeinfer-server vs in-process ONNX Runtime and the RPC ceiling.")
-    parser.add_argument("--models", default="mlp,cnn", help="comma-separated sample models (mlp, cnn)")
+    parser.add_argument("--models", default="mlp,cnn",
+                        help="comma-separated sample models (mlp, cnn; linear: next to no compute, "
+                             "the server's own cost per request)")
     parser.add_argument("--server-args", default="", help="extra kubeinfer-server serve flags, one shell string")
     parser.add_argument("--server-bin", default=str(Path(sys.executable).parent / "kubeinfer-server"))
     parser.add_argument("--intra-op-threads", type=int, default=len(os.sched_getaffinity(0)),

@@ -1,15 +1,18 @@
 """Makes the sample ONNX models used by the examples and the benchmarks.
 
-Two FP32 models with a dynamic batch dimension, built with ``onnx.helper``
+FP32 models with a dynamic batch dimension, built with ``onnx.helper``
 from seeded weights, so every run writes the same bytes:
 
 - ``mlp``: ``input`` [-1, 256] -> 3 x (Dense 1024 + ReLU) -> ``output`` [-1, 16]
 - ``cnn``: ``input`` [-1, 3, 64, 64] -> 2 x (Conv 3x3 + ReLU + MaxPool 2x2)
   -> Flatten -> Dense -> ``output`` [-1, 10]
+- ``linear``: the mlp's signature with its output layer only (Dense 256 -> 16);
+  the benchmark uses it to measure the server's own cost per request
 
-Usage: ``python examples/make_models.py OUTDIR`` writes OUTDIR/mlp.onnx and
-OUTDIR/cnn.onnx. Importable: ``make_mlp(path)``, ``make_cnn(path)`` and
-``make_all(outdir)`` return the written paths.
+Usage: ``python examples/make_models.py OUTDIR`` writes OUTDIR/mlp.onnx,
+OUTDIR/cnn.onnx and OUTDIR/linear.onnx. Importable: ``make_mlp(path)``,
+``make_cnn(path)``, ``make_linear(path)`` and ``make_all(outdir)`` return the
+written paths.
 """
 
 from __future__ import annotations
@@ -65,25 +68,32 @@ def _dense(rng, nodes, inits, x: str, name: str, fan_in: int, fan_out: int, relu
     return f"{name}.relu"
 
 
-def make_mlp(path: str | Path, in_features: int = 256, hidden: int = 1024, out_features: int = 16) -> Path:
-    """Writes the ``mlp`` model to ``path`` and returns it."""
+def make_mlp(path: str | Path, in_features: int = 256, hidden: int = 1024, out_features: int = 16,
+             layers: int = 3, name: str = "mlp") -> Path:
+    """Writes the ``mlp`` model (``layers`` hidden layers) to ``path`` and returns it."""
     rng = np.random.default_rng(SEED)
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     x, width = "input", in_features
-    for i in range(3):
+    for i in range(layers):
         x = _dense(rng, nodes, inits, x, f"fc{i}", width, hidden, relu=True)
         width = hidden
     last = _dense(rng, nodes, inits, x, "head", width, out_features, relu=False)
     nodes.append(helper.make_node("Identity", [last], ["output"], name="output"))
     graph = helper.make_graph(
         nodes,
-        "mlp",
+        name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_features])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
         initializer=inits,
     )
     return _save(graph, path)
+
+
+def make_linear(path: str | Path) -> Path:
+    """The mlp's signature with its output layer only (Dense 256 -> 16): next to no compute,
+    so a benchmark of it measures the server's own cost per request."""
+    return make_mlp(path, layers=0, name="linear")
 
 
 def _conv_block(rng, nodes, inits, x: str, name: str, c_in: int, c_out: int) -> str:
@@ -122,7 +132,7 @@ def make_cnn(path: str | Path, size: int = 64, classes: int = 10) -> Path:
     return _save(graph, path)
 
 
-MODELS = {"mlp": make_mlp, "cnn": make_cnn}
+MODELS = {"mlp": make_mlp, "cnn": make_cnn, "linear": make_linear}
 
 
 def make_all(outdir: str | Path) -> dict[str, Path]:
@@ -133,7 +143,7 @@ def make_all(outdir: str | Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("outdir", type=Path, help="directory for mlp.onnx and cnn.onnx")
+    parser.add_argument("outdir", type=Path, help="directory for mlp.onnx, cnn.onnx and linear.onnx")
     args = parser.parse_args(argv)
     for path in make_all(args.outdir).values():
         sys.stdout.write(f"{path}\n")

@@ -186,4 +186,7 @@ async def run_worker(settings: ServeSettings, on_ready, snapshot: Path) -> None:
         await server.serve(on_ready=lambda _: on_ready(), serve_http=False)
     finally:
         publisher.cancel()
-        metrics.write_snapshot(server.metrics.snapshot(), snapshot)
+        try:
+            metrics.write_snapshot(server.metrics.snapshot(), snapshot)  # the final counts
+        except OSError as exc:
+            log.warning("Could not write the last metrics snapshot %s: %s", snapshot, exc)

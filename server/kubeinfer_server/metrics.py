@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,6 +32,8 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SNAPSHOT_EVERY_S = 0.1  # a worker's snapshot lags its live values by at most this
+
+log = logging.getLogger(__name__)
 
 GAUGES = {  # ModelMetrics attribute -> (name, help)
     "in_flight": ("kubeinfer_queue_depth", "Requests accepted and not yet answered (waiting or executing)."),
@@ -175,8 +178,11 @@ async def publish_snapshots(metrics: Metrics, path: Path) -> None:
     while True:
         current = metrics.snapshot()
         if current != last:
-            write_snapshot(current, path)
-            last = current
+            try:
+                write_snapshot(current, path)
+                last = current
+            except OSError as exc:  # the parent keeps the last snapshot that made it; retried next turn
+                log.warning("Could not write the metrics snapshot %s: %s", path, exc)
         await asyncio.sleep(SNAPSHOT_EVERY_S)
 
 
