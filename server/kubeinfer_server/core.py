@@ -130,7 +130,6 @@ class ServedModel:
                                       batching.instances)
         self.batching = batching
         self.stats = ModelStats()
-        self._metrics = metrics
         self._free_instances = list(range(batching.instances))
         self._threads = InstanceThreads(batching.instances, self._run_batch, model.name)
         self._inputs = {spec.name: spec for spec in model.inputs}
@@ -267,10 +266,10 @@ class ServedModel:
     def dispatched(self, batch: Sequence[Pending], now: float) -> None:
         live = self.metrics
         live.waiting -= len(batch)
-        queue, observe = self.stats.queue, live.queue_seconds.observe
+        queue_stats, observe = self.stats.queue, live.queue_seconds.observe
         for pending in batch:
             waited = now - pending.enqueued_at
-            queue.add(waited)
+            queue_stats.add(waited)
             observe(waited)
 
     def dropped(self, pending: Pending) -> None:
