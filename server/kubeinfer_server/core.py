@@ -171,11 +171,13 @@ class ServedModel:
             if tensor.name in feeds:
                 raise InvalidInput(f"input '{tensor.name}' is given twice")
             feeds[tensor.name] = self._decode_one(spec, tensor)
-        missing = [name for name in self._inputs if name not in feeds]
-        if missing:
-            raise InvalidInput(f"missing input '{missing[0]}'; the model expects {self._signature()}")
+        if len(feeds) != len(self._inputs):  # unknown and repeated names were refused above
+            missing = next(name for name in self._inputs if name not in feeds)
+            raise InvalidInput(f"missing input '{missing}'; the model expects {self._signature()}")
         if self.batching.max_batch_size == 0:
             return feeds, 1
+        if len(feeds) == 1:
+            return feeds, next(iter(feeds.values())).shape[0]
         rows = {array.shape[0] for array in feeds.values()}
         if len(rows) != 1:
             raise InvalidInput(f"inputs disagree on the batch dimension: {sorted(rows)}")

@@ -33,6 +33,7 @@ STATUS_BY_ERROR: dict[type[errors.ServingError], grpc.StatusCode] = {
 EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "statistics", "schedule_policy"]
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer call in flight at once
 TYPED_FIELDS = {t.name: t.contents_field for t in tensors.BY_NAME.values()}
+CODE_NAMES = {code: code.name for code in grpc.StatusCode}  # an enum's .name is a property call
 _Msg = protocol.message
 
 
@@ -211,9 +212,11 @@ class InferenceServicer:
     async def _infer(self, msg, context):
         start = time.monotonic()
         client, batch_rows, response = "anonymous", 0, None
+        identity = self.identity
         try:
-            client = self.identity.name(context)
-            self.identity.check(client)
+            if identity.verifies_clients:  # without client certificates everyone is anonymous
+                client = identity.name(context)
+                identity.check(client)
             request = decode_request(msg)
             remaining = context.time_remaining()
             request.deadline = start + remaining if remaining is not None else None
@@ -239,8 +242,9 @@ class InferenceServicer:
         if served is not None:
             served.metrics.request_seconds.observe(seconds)
             (served.stats.success if code is grpc.StatusCode.OK else served.stats.fail).add(seconds)
-        self.metrics.count_request(model if served is not None else "unknown", code.name, client)
-        self.access_log.record(model, client, code.name, seconds, batch_rows)
+        code_name = CODE_NAMES[code]
+        self.metrics.count_request(model if served is not None else "unknown", code_name, client)
+        self.access_log.record(model, client, code_name, seconds, batch_rows)
 
     async def _model(self, request, context) -> ServedModel:
         try:

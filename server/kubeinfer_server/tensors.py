@@ -9,6 +9,7 @@ decode to ``str``. No gRPC or protobuf import: callers hand in plain values.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -52,10 +53,7 @@ def datatype_for_onnx(onnx_type: str) -> Datatype:
 
 
 def element_count(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
+    return math.prod(shape)
 
 
 def decode_raw(name: str, datatype: Datatype, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
