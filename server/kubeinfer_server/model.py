@@ -89,9 +89,9 @@ class Model:
         providers = [p for p in requested if p in available] or ["CPUExecutionProvider"]
         self.sessions = [self._session(ort, path, threads, providers) for _ in range(options.instances)]
         self.providers = tuple(self.sessions[0].get_providers())
-        if self.providers[0] != providers[0]:
+        if self.providers[0] != requested[0]:
             log.warning(
-                "Model %s asked for %s but runs on %s: falling back", name, providers[0], self.providers[0]
+                "Model %s asked for %s but runs on %s: falling back", name, requested[0], self.providers[0]
             )
         self.inputs = tuple(self._spec(i) for i in self.sessions[0].get_inputs())
         self.outputs = tuple(self._spec(o) for o in self.sessions[0].get_outputs())
