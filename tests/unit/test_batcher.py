@@ -105,6 +105,21 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, timeout=10))
 
 
+def test_requests_of_one_loop_turn_leave_together_from_an_idle_model():
+    async def scenario():
+        execute = Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=8, max_queue_delay_us=10**9, instances=1), execute,
+                          clock=Clock())
+        # three callers in the same turn: the idle model takes them as one batch, not the first alone
+        results = await asyncio.gather(*(batcher.submit([i], rows=1) for i in (1, 2, 3)))
+        await batcher.close()
+        return execute.batches, results
+
+    batches, results = run(scenario())
+    assert batches == [[[1], [2], [3]]]
+    assert results == [[2], [4], [6]]
+
+
 def test_requests_arriving_while_busy_merge_and_split_exactly():
     async def scenario():
         execute = Recorder()
