@@ -212,11 +212,9 @@ class InferenceServicer:
     async def _infer(self, msg, context):
         start = time.monotonic()
         client, batch_rows, response = "anonymous", 0, None
-        identity = self.identity
         try:
-            if identity.verifies_clients:  # without client certificates everyone is anonymous
-                client = identity.name(context)
-                identity.check(client)
+            client = self.identity.name(context)
+            self.identity.check(client)
             request = decode_request(msg)
             remaining = context.time_remaining()
             request.deadline = start + remaining if remaining is not None else None
