@@ -230,9 +230,10 @@ class ServedModel:
         return results
 
     def _record(self, rows: int, requests: int, timings: tuple[float, float, float]) -> None:
-        self._row_cost_s += 0.2 * (sum(timings) / rows - self._row_cost_s)
+        seconds = sum(timings)
+        self._row_cost_s += 0.2 * (seconds / rows - self._row_cost_s)
         self.stats.record_batch(rows, requests, timings)
-        self.metrics.compute_seconds.observe(sum(timings))
+        self.metrics.compute_seconds.observe(seconds)
         self.metrics.batch_rows.observe(rows)
 
     def _cheap(self, rows: int) -> bool:
