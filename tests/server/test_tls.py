@@ -21,7 +21,6 @@ import json
 import socket
 import ssl
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from support.certs import (Issued, client_cert, make_ca, rotate_secret_volume, s
                            write_secret_volume)
 from support.models import linear
 from support.serverproc import ServerProcess
+from support.waiting import wait_for
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 WEIGHTS = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)  # as support.models.linear
@@ -103,16 +103,6 @@ def call_error(client) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as caught:
         infer(client)
     return caught.value
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def requests_total(server, **labels) -> float:

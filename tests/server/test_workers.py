@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import socket
-import time
 import urllib.request
 import concurrent.futures
 
@@ -21,6 +20,7 @@ import tritonclient.grpc as tc
 
 from support.models import linear
 from support.serverproc import ServerProcess, run_cli
+from support.waiting import wait_for
 
 
 def _free_port() -> int:
@@ -53,6 +53,17 @@ def _worker_pids(parent: int) -> list[int]:
     return [p for p in children if b"spawn_main" in cmdline(p) and b"resource_tracker" not in cmdline(p)]
 
 
+def _answered(metrics_text: str) -> float:
+    return sum(float(v) for v in re.findall(
+        r'^kubeinfer_requests_total\{client="anonymous",code="OK",model="linear"\} ([0-9.e+]+)$', metrics_text, re.M))
+
+
+def _metrics_once_answered(server: ServerProcess, count: int) -> str | None:
+    """The parent's /metrics once it counts ``count`` answered requests, else None."""
+    text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=5).read().decode()
+    return text if _answered(text) == count else None
+
+
 def test_workers_share_the_port_and_metrics_add_up(tmp_path):
     model = linear(tmp_path / "linear.onnx")
     port = _free_port()
@@ -67,15 +78,8 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path):
             results = list(pool.map(lambda i: _call(server.url, i), range(64)))
         assert len(results) == 64 and all(r.shape == (1, 3) for r in results)
         # the workers publish snapshots every 0.1 s: the sum settles within a few of them
-        deadline = time.monotonic() + 5
-        while True:
-            text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=5).read().decode()
-            total = sum(float(v) for v in re.findall(
-                r'^kubeinfer_requests_total\{client="anonymous",code="OK",model="linear"\} ([0-9.e+]+)$', text, re.M))
-            if total == 64 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert total == 64, text
+        text = wait_for(lambda: _metrics_once_answered(server, 64), timeout=5, what="the workers' counts to add up")
+        assert _answered(text) == 64, text
         assert re.search(r'^kubeinfer_request_duration_seconds_count\{model="linear"\} 64\.0$', text, re.M), text
         assert re.search(r'^kubeinfer_queue_depth\{model="linear"\} 0\.0$', text, re.M), text
         assert urllib.request.urlopen(f"{server.metrics_url}/readyz", timeout=5).status == 200
