@@ -184,6 +184,21 @@ def wait_ready(process: Process, port: int, model: str, timeout: float) -> None:
     raise RuntimeError(f"{model} not ready on port {port} after {timeout:.0f} s ({last_error}):\n{process.log_tail()}")
 
 
+def probe_ready(port: int, model: str, timeout: float = 5.0) -> str:
+    """One ModelReady call with a deadline, said in words: for the note on a hung run."""
+    import tritonclient.grpc as grpcclient
+
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            ready = client.is_model_ready(model, client_timeout=timeout)
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - the answer is the text
+        return f"did not answer ModelReady within {timeout:.0f} s ({str(exc).splitlines()[0]})"
+    return f"answered ModelReady ({'ready' if ready else 'not ready'})"
+
+
 def histogram_totals(metrics_url: str, name: str, model: str) -> tuple[float, float] | None:
     """(sum, count) of a Prometheus histogram for one model, or None when unavailable."""
     try:
@@ -258,7 +273,9 @@ def run_perf_analyzer(model: str, port: int, load: Load, windows: Windows, csv_p
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            rc = f"killed after {timeout:.0f} s"
+            # Before the kill, so that a hang can be told apart: a server that still answers
+            # while perf_analyzer waits points at the client or at the one stuck call.
+            rc = f"killed after {timeout:.0f} s; meanwhile the target {probe_ready(port, model)}"
         finally:  # also on KeyboardInterrupt: it runs in its own session
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

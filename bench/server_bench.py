@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import harness
@@ -202,8 +202,16 @@ def _combine(result: ModelResult, rounds: dict[str, list[CaseRun]]) -> None:
 
 def _measure(settings: Settings, model: str, servers: Servers, target: str, case: Case, round_no: int) -> Outcome:
     csv_path = settings.workdir / f"{model}-{target}-{case.label.replace(' ', '_')}-r{round_no + 1}.csv"
-    return harness.run_perf_analyzer(model, servers.ports[target], case.load, settings.windows, csv_path,
-                                     settings.workers, PERF_TIMEOUT_S)
+    outcome = harness.run_perf_analyzer(model, servers.ports[target], case.load, settings.windows, csv_path,
+                                        settings.workers, PERF_TIMEOUT_S)
+    if outcome.stat is not None or "rc=killed" not in outcome.error:
+        return outcome
+    # A hung run (seen rarely, with the echo's stream) is tried once more; the hang stays on record.
+    retry = harness.run_perf_analyzer(model, servers.ports[target], case.load, settings.windows,
+                                      csv_path.with_name(csv_path.stem + "-retry.csv"), settings.workers,
+                                      PERF_TIMEOUT_S)
+    said = "the retry measured it" if retry.stat is not None else f"the retry failed too:\n{retry.error}"
+    return replace(retry, error=f"{outcome.error}\n-> {said}")
 
 
 def _parse(argv: list[str] | None) -> Settings:
