@@ -12,6 +12,7 @@ answered within the grace period.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -42,6 +43,21 @@ log = logging.getLogger(__name__)
 # 64 (mlp): +7% throughput on average over five interleaved pairs; concurrency 1 and
 # batch-32 requests unchanged.
 GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def freeze_startup_heap() -> int:
+    """Collect the loading's garbage, then freeze the rest; returns the objects frozen.
+
+    Once the models are loaded, what is alive (modules, sessions, descriptors) lives as
+    long as the process. Frozen out of the garbage collector's sight, a full collection
+    walks only what requests create. Measured on 2 cores at concurrency 64 (mlp): a full
+    collection blocked the event loop for 11 ms, every ~5k requests; frozen, 1.5 ms. p99
+    20-22.5 ms -> 16.4-17.4 ms in 7 interleaved pairs, throughput higher in 6 of them.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -76,6 +92,7 @@ class Server:
         await self._set_health(NOT_SERVING)
         try:
             await asyncio.to_thread(self._load_models)
+            log.info("Froze %d startup objects out of the garbage collector's sight", freeze_startup_heap())
             self.repository.ready = True
             await self._set_health(SERVING)
             if serve_http:

@@ -16,6 +16,7 @@ the metric names of the contract.
 
 import concurrent.futures
 import queue
+import re
 import time
 import urllib.request
 
@@ -72,6 +73,12 @@ def _expect_error(code, match, fn, *args, **kwargs):
         fn(*args, **kwargs)
     assert err.value.status() == f"StatusCode.{code}", err.value
     assert match in err.value.message(), err.value.message()
+
+
+def test_startup_heap_is_frozen_once_models_are_loaded(server, client):
+    assert client.is_server_ready()
+    match = re.search(r"Froze (\d+) startup objects", server.log())
+    assert match and int(match.group(1)) > 1000, server.log()[-2000:]
 
 
 def test_health_and_metadata(client):
