@@ -51,8 +51,8 @@ def freeze_startup_heap() -> int:
     Once the models are loaded, what is alive (modules, sessions, descriptors) lives as
     long as the process. Frozen out of the garbage collector's sight, a full collection
     walks only what requests create. Measured on 2 cores at concurrency 64 (mlp): a full
-    collection blocked the event loop for 11 ms, every ~5k requests; frozen, 1.5 ms. p99
-    20-22.5 ms -> 16.4-17.4 ms in 7 interleaved pairs, throughput higher in 6 of them.
+    collection blocked the event loop for 11 ms, every few thousand requests; frozen,
+    1.5 ms. p99 20-23 ms -> 16-17 ms in 10 interleaved pairs (bench/RESULTS.md).
     """
     gc.collect()
     gc.freeze()
