@@ -129,8 +129,10 @@ def main() -> int:
         while time.monotonic() - t0 < 45:
             status = json.loads(kube.kubectl("get", "hpa", NAME, "-n", NAMESPACE, "-o", "json").stdout)["status"]
             metric = (status.get("currentMetrics") or [{}])[0].get("pods", {}).get("current", {}).get("averageValue", "-")
+            # Until the HPA has read the metric once, its desiredReplicas is 0: not a decision.
+            desired = status.get("desiredReplicas") if metric != "-" else "?"
             print(f"  t={time.monotonic() - t0:4.0f}s  queue depth/pod={metric:>6}  replicas "
-                  f"{status.get('currentReplicas')}->{status.get('desiredReplicas')}  "
+                  f"{status.get('currentReplicas')}->{desired}  "
                   f"serving pods={len(load.addresses)}  ok={load.ok} failed={len(load.failures)}", flush=True)
             time.sleep(3)
     finally:
