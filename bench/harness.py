@@ -60,20 +60,28 @@ class InProcess:
 
     The session uses the server's thread settings (server/kubeinfer_server/
     model.py: intra_op_num_threads, one inter-op thread, no spinning; on a
-    busy machine spinning costs more than it saves) and the input is made
+    busy machine spinning costs more than it saves) and execution providers
+    (the bench's --providers, those this onnxruntime build has; ``providers``
+    says what the session got), and the input is made
     once, so this is the compute-only limit a server can approach at a given
     batch size.
     """
 
-    def __init__(self, model_path: Path, threads: int):
+    def __init__(self, model_path: Path, threads: int, providers: str = "cpu"):
         import numpy as np
         import onnxruntime as ort
+        from kubeinfer_server.config import parse_providers
+        from kubeinfer_server.model import PROVIDER_NAMES
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        wanted = [PROVIDER_NAMES[p] for p in parse_providers(providers)]
+        available = set(ort.get_available_providers())
+        self._session = ort.InferenceSession(str(model_path), options,
+                                             providers=[p for p in wanted if p in available] or ["CPUExecutionProvider"])
+        self.providers = self._session.get_providers()  # what it really got
         self._input = self._session.get_inputs()[0]
         self._rng = np.random.default_rng(0)
 
@@ -213,6 +221,19 @@ def histogram_totals(metrics_url: str, name: str, model: str) -> tuple[float, fl
             return None
         totals[suffix] = float(match.group(1))
     return totals["_sum"], totals["_count"]
+
+
+def server_providers(metrics_url: str, model: str) -> str:
+    """The providers label of ``kubeinfer_model_info`` for one model: what the server's session got."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return f"unknown ({exc})"
+    match = re.search(rf'^kubeinfer_model_info{{[^}}]*model="{re.escape(model)}"[^}}]*providers="([^"]+)"', text, re.M)
+    match = match or re.search(rf'^kubeinfer_model_info{{[^}}]*providers="([^"]+)"[^}}]*model="{re.escape(model)}"',
+                               text, re.M)
+    return match.group(1) if match else "unknown (no kubeinfer_model_info for it)"
 
 
 def http_status(url: str) -> int | str:

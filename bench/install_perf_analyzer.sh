@@ -20,7 +20,8 @@ PYTHON="${PYTHON:-python3}"
 
 log() { echo "install_perf_analyzer: $*" >&2; }
 
-have_libb64() { ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; }
+# A copy beside libcudart (hack/gpu/prepare.sh carries one to machines without apt) will do.
+have_libb64() { [ -e "$LIB/libb64.so.0d" ] || ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; }
 
 install_libb64() {
   have_libb64 && return

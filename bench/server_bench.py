@@ -49,6 +49,7 @@ class Settings:
     models: tuple[str, ...]
     server_bin: str
     server_args: tuple[str, ...]
+    providers: str  # the server's --providers, also the in-process session's
     threads: int
     workers: int
     event_loop: str  # the server's --event-loop, resolved; the echo ceiling runs on the same loop
@@ -111,6 +112,7 @@ def _start(settings: Settings, model: str, path: Path) -> Servers:
              "--grpc-port", str(port), "--metrics-port", str(metrics),
              *([] if "--intra-op-threads" in " ".join(settings.server_args)
                else ["--intra-op-threads", str(settings.threads)]),
+             "--providers", settings.providers,
              *settings.server_args],
             logs / f"{model}-server.log",
         )
@@ -133,7 +135,7 @@ def _start(settings: Settings, model: str, path: Path) -> Servers:
 def _bench_model(settings: Settings, model: str, path: Path) -> ModelResult:
     sys.stderr.write(f"[{model}] timing in-process ONNX Runtime ({settings.threads} intra-op threads)\n")
     result = ModelResult(model)
-    in_process = harness.InProcess(path, settings.threads)
+    in_process = harness.InProcess(path, settings.threads, settings.providers)
     result.in_process = {b: in_process.measure(b, settings.in_process_seconds) for b in MEASURED_BATCHES}
     sys.stderr.write(f"[{model}] starting kubeinfer-server and the echo server ({settings.workers} worker(s))\n")
     try:
@@ -142,6 +144,9 @@ def _bench_model(settings: Settings, model: str, path: Path) -> ModelResult:
         result.notes.append(f"server did not start: {exc}")
         return result
     try:
+        running_on = harness.server_providers(f"http://127.0.0.1:{servers.ports['metrics']}/metrics", model)
+        result.notes.append(f"execution providers: in-process {','.join(in_process.providers)}; "
+                            f"server {running_on} (asked for {settings.providers})")
         readyz = harness.http_status(f"http://127.0.0.1:{servers.ports['metrics']}/readyz")
         if readyz != 200:
             result.notes.append(f"GET /readyz answered {readyz} while the model was ready over gRPC")
@@ -223,6 +228,9 @@ def _parse(argv: list[str] | None) -> Settings:
     parser.add_argument("--server-bin", default=str(Path(sys.executable).parent / "kubeinfer-server"))
     parser.add_argument("--intra-op-threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="ONNX Runtime intra-op threads, in-process and passed to the server")
+    parser.add_argument("--providers", default="cpu",
+                        help="execution providers in order of preference (as kubeinfer-server's --providers), "
+                             "for the server and the in-process session: cuda,cpu on a GPU machine")
     parser.add_argument("--window-ms", type=int, default=2000, help="perf_analyzer measurement window")
     parser.add_argument("--stability-percentage", type=int, default=10000,
                         help="perf_analyzer -s; the default makes every case exactly three windows")
@@ -240,6 +248,7 @@ def _parse(argv: list[str] | None) -> Settings:
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         server_bin=args.server_bin,
         server_args=server_args,
+        providers=args.providers,
         threads=args.intra_op_threads,
         workers=_flag(list(server_args), "--workers", "KUBEINFER_WORKERS", 1),
         event_loop=eventloop.runner(_text_flag(list(server_args), "--event-loop", "KUBEINFER_EVENT_LOOP", "auto"))[0],
@@ -259,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     _install_perf_analyzer()
     paths = _make_models(settings.workdir / "models")
     header = (f"kubeinfer server bench {datetime.datetime.now().isoformat(timespec='seconds')}: "
-              f"{os.cpu_count()} CPUs, intra-op threads {settings.threads}, workers {settings.workers}, "
+              f"{os.cpu_count()} CPUs, providers {settings.providers}, intra-op threads {settings.threads}, "
+              f"workers {settings.workers}, "
               f"event loop {settings.event_loop} (server and echo), "
               f"server args: {' '.join(settings.server_args) or '(defaults)'}; "
               f"perf_analyzer {settings.windows.max_trials} x {settings.windows.interval_ms} ms windows, "
