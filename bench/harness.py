@@ -55,6 +55,24 @@ class Outcome:
 
 # --- in-process ONNX Runtime -------------------------------------------------
 
+def make_session(model_path: Path, threads: int, providers: str = "cpu"):
+    """An ONNX Runtime session with the server's settings: ``threads`` intra-op threads, one
+    inter-op thread, no spinning, and of ``providers`` (kubeinfer-server's --providers
+    names) those this onnxruntime build has."""
+    import onnxruntime as ort
+    from kubeinfer_server.config import parse_providers
+    from kubeinfer_server.model import PROVIDER_NAMES
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    wanted = [PROVIDER_NAMES[p] for p in parse_providers(providers)]
+    available = set(ort.get_available_providers())
+    return ort.InferenceSession(str(model_path), options,
+                                providers=[p for p in wanted if p in available] or ["CPUExecutionProvider"])
+
+
 class InProcess:
     """Times sequential ``session.run`` calls, one thread calling.
 
@@ -69,18 +87,8 @@ class InProcess:
 
     def __init__(self, model_path: Path, threads: int, providers: str = "cpu"):
         import numpy as np
-        import onnxruntime as ort
-        from kubeinfer_server.config import parse_providers
-        from kubeinfer_server.model import PROVIDER_NAMES
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        wanted = [PROVIDER_NAMES[p] for p in parse_providers(providers)]
-        available = set(ort.get_available_providers())
-        self._session = ort.InferenceSession(str(model_path), options,
-                                             providers=[p for p in wanted if p in available] or ["CPUExecutionProvider"])
+        self._session = make_session(model_path, threads, providers)
         self.providers = self._session.get_providers()  # what it really got
         self._input = self._session.get_inputs()[0]
         self._rng = np.random.default_rng(0)

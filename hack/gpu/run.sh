@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Runs, on a lent GPU machine, the checks issue 2 names for a GPU: the server tests
-# with onnxruntime-gpu (the CUDA provider test among them) and the benchmark with
-# --providers cuda,cpu; then the CPU benchmark on that machine's cores, for comparison
-# with the 2-core figures. Everything it prints goes to $OUT/run.log; each step's own
+# with onnxruntime-gpu (the CUDA provider test among them), the benchmark with
+# --providers cuda,cpu and session.run against IO binding (bench/iobinding_check.py);
+# then the CPU benchmark on that machine's cores, for comparison with the 2-core figures. Everything it prints goes to $OUT/run.log; each step's own
 # output to its own file under $OUT, so a run cut short still brings back what it did.
 #
 # Needs what hack/gpu/prepare.sh wrote under .whl/, carried as bench/README.md says.
-# STEPS (default "tests gpu-bench cpu-bench") picks steps; WINDOW_MS the perf_analyzer window.
+# STEPS (default "tests gpu-bench iobinding cpu-bench") picks steps; WINDOW_MS the perf_analyzer window.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?run on the device machine, where OUT is set}"
-STEPS="${STEPS:-tests gpu-bench cpu-bench}"
+STEPS="${STEPS:-tests gpu-bench iobinding cpu-bench}"
 WINDOW_MS="${WINDOW_MS:-1000}"
 exec > >(tee -a "$OUT/run.log") 2>&1
 step() { echo "=== $(date +%T) $*"; }
@@ -56,6 +56,11 @@ for s in $STEPS; do
       /tmp/kv/bin/python bench/server_bench.py --providers cuda,cpu --models mlp,cnn --window-ms "$WINDOW_MS" \
         --in-process-seconds 1 --markdown "$OUT/RESULTS-gpu.md" > "$OUT/bench-gpu.log" 2>&1
       echo "bench rc=$?"; grep -E "PASS|FAIL|INFO|NOTE|ERROR" "$OUT/bench-gpu.log" ;;
+    iobinding)
+      step "session.run against IO binding on the CUDA provider, in-process"
+      (cd bench && /tmp/kv/bin/python iobinding_check.py --providers cuda,cpu --batches 1,8,32) \
+        > "$OUT/iobinding.md" 2>&1
+      echo "rc=$?"; cat "$OUT/iobinding.md" ;;
     cpu-bench)
       step "benchmark on this machine's CPU cores (mlp)"
       /tmp/kv/bin/python bench/server_bench.py --providers cpu --models mlp --window-ms "$WINDOW_MS" \
