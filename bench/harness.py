@@ -55,6 +55,16 @@ class Outcome:
 
 # --- in-process ONNX Runtime -------------------------------------------------
 
+def make_models(outdir: Path) -> dict[str, Path]:
+    """The sample models (examples/make_models.py: seeded, the same bytes every run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_models", BENCH_DIR.parent / "examples" / "make_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_all(outdir)
+
+
 def make_session(model_path: Path, threads: int, providers: str = "cpu"):
     """An ONNX Runtime session with the server's settings: ``threads`` intra-op threads, one
     inter-op thread, no spinning, and of ``providers`` (kubeinfer-server's --providers

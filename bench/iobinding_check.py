@@ -20,7 +20,6 @@ Usage: python bench/iobinding_check.py [--providers cuda,cpu] [--models mlp,cnn]
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -31,13 +30,6 @@ from pathlib import Path
 import numpy as np
 
 import harness
-
-
-def _make_models(outdir: Path) -> dict[str, Path]:
-    spec = importlib.util.spec_from_file_location("make_models", harness.BENCH_DIR.parent / "examples" / "make_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_all(outdir)
 
 
 def _methods(session):
@@ -83,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=0.5, help="per method per round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    paths = _make_models(Path(tempfile.mkdtemp(prefix="kubeinfer-iobinding-")))
+    paths = harness.make_models(Path(tempfile.mkdtemp(prefix="kubeinfer-iobinding-")))
     rng = np.random.default_rng(0)
     print(f"| model | providers | batch | {' | '.join(f'{m} rows/s' for m in ('run', 'binding', 'binding reused'))} "
           "| binding / run | reused / run |")

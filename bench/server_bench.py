@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import shlex
 import signal
@@ -39,7 +38,6 @@ from kubeinfer_server import eventloop
 from harness import Outcome, Windows
 from report import CASES, MEASURED_BATCHES, Case, ModelResult, reference_batch, render_model, render_targets, write_markdown
 
-REPO = harness.BENCH_DIR.parent
 PERF_TIMEOUT_S = 120
 READY_TIMEOUT_S = 180
 
@@ -87,13 +85,6 @@ def _text_flag(args: list[str], name: str, env: str, default: str) -> str:
         if arg.startswith(name + "="):
             return arg.split("=", 1)[1]
     return os.environ.get(env, default)
-
-
-def _make_models(outdir: Path) -> dict[str, Path]:
-    spec = importlib.util.spec_from_file_location("make_models", REPO / "examples" / "make_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_all(outdir)
 
 
 def _install_perf_analyzer() -> None:
@@ -266,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every server started here is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     _install_perf_analyzer()
-    paths = _make_models(settings.workdir / "models")
+    paths = harness.make_models(settings.workdir / "models")
     header = (f"kubeinfer server bench {datetime.datetime.now().isoformat(timespec='seconds')}: "
               f"{os.cpu_count()} CPUs, providers {settings.providers}, intra-op threads {settings.threads}, "
               f"workers {settings.workers}, "
