@@ -86,13 +86,12 @@ def make_session(model_path: Path, threads: int, providers: str = "cpu"):
 class InProcess:
     """Times sequential ``session.run`` calls, one thread calling.
 
-    The session uses the server's thread settings (server/kubeinfer_server/
-    model.py: intra_op_num_threads, one inter-op thread, no spinning; on a
-    busy machine spinning costs more than it saves) and execution providers
-    (the bench's --providers, those this onnxruntime build has; ``providers``
-    says what the session got), and the input is made
-    once, so this is the compute-only limit a server can approach at a given
-    batch size.
+    The session is ``make_session``'s: the server's thread settings
+    (server/kubeinfer_server/model.py: intra_op_num_threads, one inter-op
+    thread, no spinning; on a busy machine spinning costs more than it saves)
+    and the bench's --providers (``providers`` says what the session got).
+    The input is made once, so this is the compute-only limit a server can
+    approach at a given batch size.
     """
 
     def __init__(self, model_path: Path, threads: int, providers: str = "cpu"):

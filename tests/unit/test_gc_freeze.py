@@ -2,7 +2,7 @@
 
 The server test (test_protocol) checks that a real server says so at startup; this one
 checks what the freeze does: objects alive before it leave the collector's generations,
-objects made after it are collected as usual.
+objects made after it are tracked by the collector as usual.
 """
 
 import gc
