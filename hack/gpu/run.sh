@@ -2,8 +2,9 @@
 # Runs, on a lent GPU machine, the checks issue 2 names for a GPU: the server tests
 # with onnxruntime-gpu (the CUDA provider test among them), the benchmark with
 # --providers cuda,cpu and session.run against IO binding (bench/iobinding_check.py);
-# then the CPU benchmark on that machine's cores, for comparison with the 2-core figures. Everything it prints goes to $OUT/run.log; each step's own
-# output to its own file under $OUT, so a run cut short still brings back what it did.
+# then the CPU benchmark on that machine's cores, for comparison with the 2-core
+# figures. Everything it prints goes to $OUT/run.log, each step's own output to its
+# own file under $OUT, so a run cut short still brings back what it did.
 #
 # Needs what hack/gpu/prepare.sh wrote under .whl/, carried as bench/README.md says.
 # STEPS (default "tests gpu-bench iobinding cpu-bench") picks steps; WINDOW_MS the perf_analyzer window.
