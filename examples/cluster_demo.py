@@ -31,6 +31,7 @@ from make_models import make_mlp  # noqa: E402
 
 from e2e.e2ekit import RUNNER_PLACEMENT, Load, batch, client, infer, ready_addresses, write_secret  # noqa: E402
 from podrunner import testhost  # noqa: E402
+from support.waiting import wait_for  # noqa: E402
 
 NAMESPACE, NAME, CLIENT = "ml", "fraud", "checkout"
 stack_cli = importlib.import_module("e2e_stack")  # hack/e2e_stack.py
@@ -55,13 +56,10 @@ class Kube:
         subprocess.run([str(self.cluster.bins / "helm"), *args], check=True, env=env)
 
     def wait(self, what: str, check, timeout: float = 180) -> object:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = check()
-            if found:
-                return found
-            time.sleep(1)
-        raise SystemExit(f"timed out waiting for {what}; see .cluster/logs/")
+        try:
+            return wait_for(check, timeout, what, interval=1.0)  # each check runs kubectl: once a second
+        except AssertionError as exc:
+            raise SystemExit(f"{exc}; see .cluster/logs/") from None
 
 
 def build_and_start() -> Cluster:

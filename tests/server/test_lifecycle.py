@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from support.models import slow
 from support.serverproc import ServerProcess
+from support.waiting import wait_for
 
 WIDTH = 1024
 
@@ -50,15 +51,6 @@ def _answered(server) -> float:
     return sum(float(v) for v in re.findall(r'^kubeinfer_requests_total\{[^}]*model="slow"\} ([0-9.e+]+)$', text, re.M))
 
 
-def _wait_for(predicate, timeout, message):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(message)
-
-
 def _fire(client, count, rows=1, **kwargs):
     answers: queue.Queue = queue.Queue()
     for i in range(count):
@@ -74,11 +66,11 @@ def test_sigterm_drains_every_accepted_request(slow_model):
         client = tc.InferenceServerClient(server.url)
         answers = _fire(client, 32, rows=4)
         # Accepted = in the server's queue (the depth metric) or already answered.
-        _wait_for(lambda: (_metric(server, "kubeinfer_queue_depth") or 0) + _answered(server) >= 32, 30,
-                  "the queue depth metric never showed the accepted requests")
+        wait_for(lambda: (_metric(server, "kubeinfer_queue_depth") or 0) + _answered(server) >= 32, 30,
+                 "the queue depth metric to show the accepted requests", interval=0.02)
         assert _answered(server) < 32, "every request was answered before SIGTERM: nothing to drain"
         server.terminate()
-        _wait_for(lambda: _readyz(server) == 503, 10, "readiness did not turn off on SIGTERM")
+        wait_for(lambda: _readyz(server) == 503, 10, "readiness to turn off on SIGTERM", interval=0.02)
         with pytest.raises(InferenceServerException):
             tc.InferenceServerClient(server.url).infer("slow", _request(), client_timeout=5)
         results = [answers.get(timeout=60) for _ in range(32)]
@@ -96,7 +88,7 @@ def test_shutdown_delay_keeps_answering_new_calls_while_not_ready(slow_model):
     try:
         client = tc.InferenceServerClient(server.url)
         server.terminate()
-        _wait_for(lambda: _readyz(server) == 503, 2, "readiness did not turn off at once on SIGTERM")
+        wait_for(lambda: _readyz(server) == 503, 2, "readiness to turn off at once on SIGTERM", interval=0.02)
         assert not client.is_server_ready()
         assert client.infer("slow", _request()).as_numpy("y").shape == (1, WIDTH)  # a new call, still answered
         assert server.wait(30) == 0
@@ -135,8 +127,8 @@ def test_expired_deadline_is_dropped_before_compute(slow_model):
         # this model take far longer than the 50 ms deadline, even on a machine a few times
         # faster than these (8 queued were not always enough).
         busy = _fire(client, 48, rows=8)
-        _wait_for(lambda: (_metric(server, "kubeinfer_queue_waiting") or 0) >= 32, 30,
-                  "the busy requests never queued up")
+        wait_for(lambda: (_metric(server, "kubeinfer_queue_waiting") or 0) >= 32, 30,
+                 "the busy requests to queue up", interval=0.02)
         with pytest.raises(InferenceServerException) as err:
             client.infer("slow", _request(), client_timeout=0.05)
         assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
