@@ -224,11 +224,16 @@ def probe_ready(port: int, model: str, timeout: float = 5.0) -> str:
     return f"answered ModelReady ({'ready' if ready else 'not ready'})"
 
 
+def _scrape(metrics_url: str) -> str:
+    """The server's /metrics text (raises OSError when it does not answer)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        return response.read().decode()
+
+
 def histogram_totals(metrics_url: str, name: str, model: str) -> tuple[float, float] | None:
     """(sum, count) of a Prometheus histogram for one model, or None when unavailable."""
     try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as response:
-            text = response.read().decode()
+        text = _scrape(metrics_url)
     except OSError:
         return None
     totals = {}
@@ -241,15 +246,13 @@ def histogram_totals(metrics_url: str, name: str, model: str) -> tuple[float, fl
 
 
 def server_providers(metrics_url: str, model: str) -> str:
-    """The providers label of ``kubeinfer_model_info`` for one model: what the server's session got."""
+    """The providers label of ``kubeinfer_model_info`` for one model: what the server's session got
+    (prometheus-client writes the labels sorted by name: model before providers)."""
     try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as response:
-            text = response.read().decode()
+        text = _scrape(metrics_url)
     except OSError as exc:
         return f"unknown ({exc})"
     match = re.search(rf'^kubeinfer_model_info{{[^}}]*model="{re.escape(model)}"[^}}]*providers="([^"]+)"', text, re.M)
-    match = match or re.search(rf'^kubeinfer_model_info{{[^}}]*providers="([^"]+)"[^}}]*model="{re.escape(model)}"',
-                               text, re.M)
     return match.group(1) if match else "unknown (no kubeinfer_model_info for it)"
 
 
