@@ -54,18 +54,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+import monitoring
+from devkit.models import make_mlp
+from e2ekit.clients import (
+    DIRECT,
+    RUNNER_PLACEMENT,
+    Load,
+    batch,
+    client,
+    infer,
+    presented_cert,
+    ready_addresses,
+    served_by,
+    write_secret,
+)
+from e2ekit.stack import store_pid
+from localcluster import Cluster
+from podrunner import service, testhost
+
 REPO = Path(__file__).resolve().parents[1]
-for extra in (REPO / "hack", REPO / "tests", REPO / "tests" / "e2e", REPO / "examples"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
-from localcluster import Cluster  # noqa: E402
-from make_models import make_mlp  # noqa: E402
-
-from e2e.e2ekit import (DIRECT, RUNNER_PLACEMENT, Load, batch, client, infer, monitoring, presented_cert, served_by,  # noqa: E402
-                        ready_addresses, service, testhost, write_secret)
 
 NAME = "bench"
 MODEL_FILE = "bench-mlp.onnx"
@@ -140,14 +150,8 @@ class Kube:
 
 def stack_state(cluster: Cluster) -> dict[str, bool]:
     workdir = cluster.workdir
-    try:
-        store_pid = int((workdir / "model-store.pid").read_text())
-        os.kill(store_pid, 0)
-        store = True
-    except (OSError, ValueError):
-        store = False
     return {"cluster": cluster.readyz(), "runner": service.pid(workdir) is not None,
-            "monitoring": all(monitoring.running(workdir).values()), "model store": store}
+            "monitoring": all(monitoring.running(workdir).values()), "model store": store_pid(workdir) is not None}
 
 
 def make(target: str, timeout: float) -> None:
@@ -180,7 +184,7 @@ class Sampler:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self

@@ -30,10 +30,10 @@ import asyncio
 import logging
 import multiprocessing
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 
+from devkit.ports import free_port
 from kubeinfer_server import eventloop  # the server's loop choice; imports no protocol module
 
 LOG = logging.getLogger("echo_server")
@@ -185,12 +185,6 @@ def _worker(signatures, host, port, max_batch_size, reuse_port, queue, event_loo
     eventloop.runner(event_loop)[1](_serve(signatures, host, port, max_batch_size, reuse_port, queue.put))
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="OIP v2 echo server: the RPC ceiling for benchmarks.")
     parser.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
@@ -209,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.model:
         name, _, path = spec.partition("=")
         signatures[name] = read_signature(name, path)
-    port = args.port or _free_port(args.host)
+    port = args.port or free_port(args.host)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     workers = [

@@ -12,7 +12,6 @@ import csv
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import time
@@ -55,23 +54,14 @@ class Outcome:
 
 # --- in-process ONNX Runtime -------------------------------------------------
 
-def make_models(outdir: Path) -> dict[str, Path]:
-    """The sample models (examples/make_models.py: seeded, the same bytes every run)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_models", BENCH_DIR.parent / "examples" / "make_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_all(outdir)
-
-
 def make_session(model_path: Path, threads: int, providers: str = "cpu"):
     """An ONNX Runtime session with the server's settings: ``threads`` intra-op threads, one
     inter-op thread, no spinning, and of ``providers`` (kubeinfer-server's --providers
     names) those this onnxruntime build has."""
     import onnxruntime as ort
-    from kubeinfer_server.config import parse_providers
+
     from kubeinfer_server.model import PROVIDER_NAMES
+    from kubeinfer_server.settings import parse_providers
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -122,7 +112,8 @@ def mean_stat(a: Stat, b: Stat) -> Stat:
 
 
 def median_stat(stats: list[Stat]) -> Stat:
-    return Stat(*(statistics.median(field) for field in zip(*((s.throughput, s.p50_ms, s.p99_ms) for s in stats))))
+    fields = zip(*((s.throughput, s.p50_ms, s.p99_ms) for s in stats), strict=True)
+    return Stat(*(statistics.median(field) for field in fields))
 
 
 def median_outcome(outcomes: list[Outcome]) -> Outcome:
@@ -140,12 +131,6 @@ def _percentile(values: list[float], pct: int) -> float:
 
 
 # --- processes -----------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 class Process:
     """A child process in its own session, output to a log file, stopped as a group."""

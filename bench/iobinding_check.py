@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 
-import harness
+from devkit.models import make_all
 
 
 def _methods(session):
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=0.5, help="per method per round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    paths = harness.make_models(Path(tempfile.mkdtemp(prefix="kubeinfer-iobinding-")))
+    paths = make_all(Path(tempfile.mkdtemp(prefix="kubeinfer-iobinding-")))
     rng = np.random.default_rng(0)
     print(f"| model | providers | batch | {' | '.join(f'{m} rows/s' for m in ('run', 'binding', 'binding reused'))} "
           "| binding / run | reused / run |")

@@ -74,7 +74,7 @@ def _table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:  # first column left-aligned, numbers right-aligned
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
@@ -98,7 +98,8 @@ def render_model(result: ModelResult, cases: tuple[Case, ...], max_batch_size: i
         ])
         ratios.append([
             case.label,
-            _ratio(srv and srv.throughput, ref and ref.throughput), _ratio(srv and srv.throughput, echo and echo.throughput),
+            _ratio(srv and srv.throughput, ref and ref.throughput),
+            _ratio(srv and srv.throughput, echo and echo.throughput),
             _ratio(srv and srv.p50_ms, ref and ref.p50_ms), _ratio(srv and srv.p50_ms, echo and echo.p50_ms),
             _ratio(srv and srv.p99_ms, ref and ref.p99_ms), _ratio(srv and srv.p99_ms, echo and echo.p99_ms),
         ])

@@ -1,6 +1,6 @@
 """Server benchmark: kubeinfer-server against in-process ONNX Runtime and the RPC ceiling.
 
-For each sample model (examples/make_models.py: mlp, cnn, and on request linear,
+For each sample model (devkit.models: mlp, cnn, and on request linear,
 which has next to no compute) one run:
 
 1. times in-process ONNX Runtime with the server's thread settings (the
@@ -34,9 +34,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import harness
-from kubeinfer_server import eventloop
 from harness import Outcome, Windows
-from report import CASES, MEASURED_BATCHES, Case, ModelResult, reference_batch, render_model, render_targets, write_markdown
+from report import (
+    CASES,
+    MEASURED_BATCHES,
+    Case,
+    ModelResult,
+    reference_batch,
+    render_model,
+    render_targets,
+    write_markdown,
+)
+
+from devkit.models import make_all
+from devkit.ports import free_port
+from kubeinfer_server import eventloop
 
 PERF_TIMEOUT_S = 120
 READY_TIMEOUT_S = 180
@@ -97,7 +109,7 @@ def _start(settings: Settings, model: str, path: Path) -> Servers:
     servers = Servers()
     logs = settings.workdir
     try:
-        port, metrics = harness.free_port(), harness.free_port()
+        port, metrics = free_port(), free_port()
         servers.server = harness.Process(
             [settings.server_bin, "serve", "--model", f"{model}={path}", "--host", "127.0.0.1",
              "--grpc-port", str(port), "--metrics-port", str(metrics),
@@ -107,7 +119,7 @@ def _start(settings: Settings, model: str, path: Path) -> Servers:
              *settings.server_args],
             logs / f"{model}-server.log",
         )
-        echo_port = harness.free_port()
+        echo_port = free_port()
         servers.echo = harness.Process(
             [sys.executable, str(harness.BENCH_DIR / "echo_server.py"), "--model", f"{model}={path}",
              "--port", str(echo_port), "--workers", str(settings.workers), "--event-loop", settings.event_loop,
@@ -257,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every server started here is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     _install_perf_analyzer()
-    paths = harness.make_models(settings.workdir / "models")
+    paths = make_all(settings.workdir / "models")
     header = (f"kubeinfer server bench {datetime.datetime.now().isoformat(timespec='seconds')}: "
               f"{os.cpu_count()} CPUs, providers {settings.providers}, intra-op threads {settings.threads}, "
               f"workers {settings.workers}, "

@@ -11,8 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=$1; CONC=$2; TARGET=${3:-server}; shift $(( $# < 3 ? $# : 3 ))
 PY=.venv/bin/python
-PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-MPORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+read -r PORT MPORT < <($PY -c 'from devkit.ports import free_port; print(free_port(), free_port())')
 WORK=$(mktemp -d)
 cleanup() { [ -n "${GROUP:-}" ] && kill -- -"$GROUP" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT

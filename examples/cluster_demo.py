@@ -10,7 +10,6 @@ stops it all. What is real and what the runner stands in for: the README, "End t
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -21,20 +20,15 @@ import numpy as np
 import onnxruntime as ort
 import yaml
 
+from devkit.models import make_mlp
+from devkit.waiting import wait_for
+from e2ekit import stack
+from e2ekit.clients import RUNNER_PLACEMENT, Load, batch, client, infer, ready_addresses, write_secret
+from localcluster import Cluster
+from podrunner import testhost
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "examples"))
-
-from localcluster import Cluster  # noqa: E402
-from make_models import make_mlp  # noqa: E402
-
-from e2e.e2ekit import RUNNER_PLACEMENT, Load, batch, client, infer, ready_addresses, write_secret  # noqa: E402
-from podrunner import testhost  # noqa: E402
-from support.waiting import wait_for  # noqa: E402
-
 NAMESPACE, NAME, CLIENT = "ml", "fraud", "checkout"
-stack_cli = importlib.import_module("e2e_stack")  # hack/e2e_stack.py
 
 
 def say(message: str) -> None:
@@ -70,7 +64,7 @@ def build_and_start() -> Cluster:
     cluster = Cluster(REPO / ".cluster")
     say("Starting the local cluster, the pod runner, Prometheus and prometheus-adapter")
     cluster.up(timeout=180, log=lambda m: print(f"    {m}", flush=True))
-    stack_cli.up(cluster)
+    stack.up(cluster)
     return cluster
 
 
@@ -126,7 +120,8 @@ def main() -> int:
     try:
         while time.monotonic() - t0 < 45:
             status = json.loads(kube.kubectl("get", "hpa", NAME, "-n", NAMESPACE, "-o", "json").stdout)["status"]
-            metric = (status.get("currentMetrics") or [{}])[0].get("pods", {}).get("current", {}).get("averageValue", "-")
+            current = (status.get("currentMetrics") or [{}])[0].get("pods", {}).get("current", {})
+            metric = current.get("averageValue", "-")
             # Until the HPA has read the metric once, its desiredReplicas is 0: not a decision.
             desired = status.get("desiredReplicas") if metric != "-" else "?"
             print(f"  t={time.monotonic() - t0:4.0f}s  queue depth/pod={metric:>6}  replicas "
@@ -138,13 +133,14 @@ def main() -> int:
     print(kube.kubectl("get", "infd,hpa,pods", "-n", NAMESPACE, "-o", "wide").stdout)
 
     kc = f"{cluster.bins / 'kubectl'} --kubeconfig {cluster.kubeconfig}"
+    prometheus = json.loads((cluster.workdir / "monitoring.json").read_text())["prometheus"]
     say(f"Done in {time.monotonic() - started:.0f}s. Everything keeps running; try:")
     print(f"""  {kc} get infd -n {NAMESPACE} -w            # scales back in ~30 s after the load stopped
   {kc} get --raw '/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/pods/*/kubeinfer_queue_depth'
   {kc} describe infd {NAME} -n {NAMESPACE}
   {kc} edit infd {NAME} -n {NAMESPACE}       # e.g. spec.batching, spec.autoscaling
   ls /run/kubeinfer-pods/*/logs/                  # the pods' logs (the runner has no 'kubectl logs')
-  curl -s 'http://127.0.0.1:{json.loads((cluster.workdir / 'monitoring.json').read_text())['prometheus'].rsplit(':', 1)[1]}/api/v1/query?query=kubeinfer_queue_depth'
+  curl -s '{prometheus}/api/v1/query?query=kubeinfer_queue_depth'
   make cluster-down                               # stops everything, removes the network namespaces""")
     return 0
 

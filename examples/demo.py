@@ -1,6 +1,6 @@
 """The kubeinfer demo: serve a sample model and call it as an application would.
 
-Makes the sample MLP (examples/make_models.py), starts ``kubeinfer-server serve``
+Makes the sample MLP (devkit.models), starts ``kubeinfer-server serve``
 on loopback, calls it with tritonclient (single requests, then a burst of
 concurrent ones so the dynamic batcher has work), prints the predictions next
 to in-process ONNX Runtime and the server's queue and latency metrics, and
@@ -23,8 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as tc
 
-sys.path.insert(0, str(Path(__file__).parent))
-from make_models import make_mlp  # noqa: E402
+from devkit.models import make_mlp
 
 SERVER = Path(sys.executable).parent / "kubeinfer-server"
 READY = re.compile(r"on gRPC port (\d+), metrics port (\d+)")

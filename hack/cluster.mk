@@ -1,5 +1,6 @@
 # Local Kubernetes control plane (issue 3): built from Go module sources into
-# ~/.cache/kubeinfer/controlplane/<versions>/bin, run from .cluster/ in the checkout.
+# ~/.cache/kubeinfer/controlplane/<versions>/bin, run from .cluster/ in the checkout by the
+# dev package hack/localcluster (python -m localcluster; installed by make venv).
 # Versions: hack/versions.env. Docs: docs/local-cluster.md.
 
 .PHONY: cluster-build cluster-build-adapter cluster-up cluster-down cluster-status
@@ -14,11 +15,12 @@ cluster-build-adapter:
 	@hack/build-controlplane.sh adapter
 
 cluster-up: venv cluster-build
-	@$(PY) hack/cluster.py up
+	@$(PY) -m localcluster up
 
-# The pod runner, Prometheus and the adapter (hack/e2e_stack.py) stop first.
+# The pod runner, Prometheus and the adapter (python -m e2ekit down) stop first. Without the
+# venv, the system Python runs localcluster from hack/ (its down needs nothing but the stdlib).
 cluster-down:
-	@$(if $(wildcard $(PY)),$(PY) hack/e2e_stack.py down &&,) $(if $(wildcard $(PY)),$(PY),$(PYTHON)) hack/cluster.py down
+	@$(if $(wildcard $(PY)),$(PY) -m e2ekit down && $(PY) -m localcluster down,cd hack && $(PYTHON) -m localcluster down)
 
 cluster-status:
-	@$(PY) hack/cluster.py status
+	@$(PY) -m localcluster status

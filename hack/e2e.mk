@@ -1,5 +1,6 @@
 # End to end on the local cluster (issue 6): pods that really run (hack/podrunner),
-# Prometheus + prometheus-adapter (hack/monitoring), the demo. Docs: README, "End to end on the local cluster".
+# Prometheus + prometheus-adapter (hack/monitoring), both brought up by hack/e2ekit
+# (python -m e2ekit), the demo. Docs: README, "End to end on the local cluster".
 # Included by the top-level Makefile after hack/cluster.mk.
 
 .PHONY: e2e-deps e2e-up e2e-down test-e2e demo-cluster
@@ -14,10 +15,10 @@ e2e-deps: cluster-build cluster-build-adapter
 
 # The runner (node kubeinfer-runner-0), Prometheus and the adapter, on top of cluster-up.
 e2e-up: venv e2e-deps cluster-up
-	@$(PY) hack/e2e_stack.py up
+	@$(PY) -m e2ekit up
 
 e2e-down:
-	@$(if $(wildcard $(PY)),$(PY) hack/e2e_stack.py down,true)
+	@$(if $(wildcard $(PY)),$(PY) -m e2ekit down,true)
 
 # The e2e group alone (make test runs it too).
 test-e2e: venv e2e-deps

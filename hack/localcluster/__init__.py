@@ -1,7 +1,8 @@
 """Run a local Kubernetes control plane from the binaries hack/build-controlplane.sh built.
 
-Used by the CLI hack/cluster.py (make cluster-up/down/status) and by the pytest
-plugin tests/support/cluster.py. See docs/local-cluster.md.
+Used by the CLI ``python -m localcluster up|down|status`` (make cluster-up/down/status),
+by the pytest plugin tests/support/cluster.py, the e2e stack, the demo and the benchmarks.
+See docs/local-cluster.md.
 """
 
 from .controlplane import COMPONENTS, Cluster, ClusterError

@@ -17,13 +17,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+
+from devkit.ports import free_port
+from devkit.processes import alive, kill_group, running_pid, spawn, sweep_stale_dirs
 
 from .nodes import node_manifests
 from .pki import kubeconfig_text, write_pki
-from .processes import alive, die_with_parent, free_port, kill_group, sweep_stale_dirs
 from .versions import bin_dir, missing_binaries
 
 # Start order; teardown runs it backwards.
@@ -149,14 +151,7 @@ class Cluster:
             return False
 
     def running(self) -> dict[str, int | None]:
-        out = {}
-        for c in COMPONENTS:
-            try:
-                pid = int(self.pid_path(c).read_text())
-            except (OSError, ValueError):
-                pid = None
-            out[c] = pid if pid and alive(pid) else None
-        return out
+        return {c: running_pid(self.pid_path(c)) for c in COMPONENTS}
 
     # -- lifecycle --------------------------------------------------------------------
     def up(self, timeout: float = 120.0, log: Log = _quiet) -> None:
@@ -192,15 +187,8 @@ class Cluster:
         log(f"Brought the cluster up in {time.monotonic() - t0:.1f}s ({server})")
 
     def _start(self, component: str, args: list[str]) -> None:
-        log_file = open(self.log_path(component), "ab")
-        try:
-            proc = subprocess.Popen(
-                [str(self.bins / component), *args], stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=subprocess.STDOUT, cwd=self.workdir,
-                start_new_session=True,
-                preexec_fn=die_with_parent if self.tie_to_parent else None)
-        finally:
-            log_file.close()
+        proc = spawn([str(self.bins / component), *args], self.log_path(component), cwd=self.workdir,
+                     tie_to_parent=self.tie_to_parent)
         self.pid_path(component).write_text(f"{proc.pid}\n")
 
     def _wait(self, what: str, check, deadline: float, component: str) -> None:

@@ -1,8 +1,8 @@
 """Prometheus and prometheus-adapter for the local cluster: the queue-depth autoscaling loop.
 
 ``start(workdir, kubeconfig, bins)`` runs Debian's ``/usr/bin/prometheus`` on
-127.0.0.1 (Kubernetes service discovery, role pod, scraping only pods on the pod
-runner's node at addresses in its subnet, every second) and the adapter built by
+127.0.0.1 (scraping, every second, the pods that the pod runner lists in a file_sd
+target file, at addresses in its subnet) and the adapter built by
 ``make cluster-build-adapter`` on 127.0.0.1, registers it as
 ``v1beta1``/``v1beta2.custom.metrics.k8s.io`` (ExternalName Service ``localhost``,
 controlplane.md 6.3) and waits until the APIServices are Available. ``stop`` deletes

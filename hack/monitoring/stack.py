@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
+
+from devkit.ports import free_port
+from devkit.processes import kill_group, running_pid, spawn
 
 REPO = Path(__file__).resolve().parents[2]
 ADAPTER_RULES = REPO / "charts" / "kubeinfer" / "files" / "prometheus-adapter-rules.yaml"
@@ -27,12 +28,6 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class MissingComponent(RuntimeError):
     """Prometheus or the adapter is not installed/built."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prometheus_config(targets_file: Path) -> dict:
@@ -55,34 +50,13 @@ def prometheus_config(targets_file: Path) -> dict:
 
 
 def _spawn(workdir: Path, name: str, argv: list[str], tie_to_parent: bool) -> int:
-    from podrunner.containers import _die_with_runner
-    log = open(workdir / "logs" / f"{name}.log", "ab")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=workdir, start_new_session=True,
-                            preexec_fn=_die_with_runner if tie_to_parent else None)
-    log.close()
+    proc = spawn(argv, workdir / "logs" / f"{name}.log", cwd=workdir, tie_to_parent=tie_to_parent)
     (workdir / f"{name}.pid").write_text(f"{proc.pid}\n")
     return proc.pid
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def running(workdir: Path) -> dict[str, int | None]:
-    out = {}
-    for name in ("prometheus", "prometheus-adapter"):
-        try:
-            pid = int((workdir / f"{name}.pid").read_text())
-        except (OSError, ValueError):
-            pid = None
-        out[name] = pid if pid and _alive(pid) else None
-    return out
+    return {name: running_pid(workdir / f"{name}.pid") for name in ("prometheus", "prometheus-adapter")}
 
 
 def _kubectl(bins: Path, kubeconfig: Path, *args: str, input: str | None = None,
@@ -132,7 +106,7 @@ def start(workdir: Path, kubeconfig: Path, bins: Path, tie_to_parent: bool = Fal
     workdir = workdir.resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     stop(workdir, kubeconfig, bins)
-    prom_port, adapter_port = _free_port(), _free_port()
+    prom_port, adapter_port = free_port(), free_port()
     targets = workdir / "prometheus-targets.json"
     if not targets.exists():
         targets.write_text("[]")
@@ -190,11 +164,6 @@ def stop(workdir: Path, kubeconfig: Path, bins: Path, log: Log = lambda _m: None
                  *[f"{v}.custom.metrics.k8s.io" for v in VERSIONS], check=False)
     for name, pid in running(workdir).items():
         if pid:
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+            kill_group(pid)
             log(f"Stopped {name} (pid {pid})")
         (workdir / f"{name}.pid").unlink(missing_ok=True)

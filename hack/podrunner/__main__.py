@@ -1,4 +1,4 @@
-"""python -m podrunner (with hack/ on sys.path): run | sweep.
+"""python -m podrunner run | sweep (the pod runner; started by podrunner.service).
 
     run   --kubeconfig FILE [--node NAME] [--targets-file F]   be the kubelet of NAME until SIGTERM
     sweep                                   remove namespaces, veths, bridge of a killed run

@@ -6,17 +6,15 @@ that private mount namespace), then ``exec`` of the command with the container's
 args and env. The process dies with the runner (PR_SET_PDEATHSIG).
 
 Not emulated (documented in the README, "End to end on the local cluster"): image
-contents (the command comes from this checkout's .venv), the user and read-only root filesystem of securityContext, resource
-limits, liveness and startup probes, exec probes.
+contents (the command comes from this checkout's .venv), the user and read-only root
+filesystem of securityContext, resource limits, liveness and startup probes, exec probes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +24,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devkit.processes import spawn
 
 from . import net
 
@@ -104,10 +104,6 @@ def environment(pod: dict, container: dict, pod_ip: str, lookup) -> dict[str, st
     return env
 
 
-def _die_with_runner() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class Mount:
     source: Path
@@ -139,12 +135,8 @@ def start(netns: str, command: list[str], env: dict[str, str], mounts: list[Moun
         lines.append(f"mount --bind {shlex.quote(str(m.source))} {shlex.quote(m.target)}")
     lines.append(f"cd {shlex.quote(workdir)}")
     lines.append('exec "$@"')
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
-             "sh", "-c", "\n".join(lines), "sh", *command],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_runner)
+    return spawn(["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
+                  "sh", "-c", "\n".join(lines), "sh", *command], log, env=env, tie_to_parent=True)
 
 
 def log_tail(log: Path, lines: int = 80, limit: int = 2048) -> str:

@@ -31,7 +31,7 @@ PROBE_PERIOD_MAX = 1.0  # the runner probes at least every second (the kubelet: 
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Container:

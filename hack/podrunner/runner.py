@@ -37,7 +37,7 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 
 def node_manifest(name: str) -> dict:
     resources = {"cpu": "32", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi"}
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {

@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import containers
+from devkit.processes import alive, running_pid, spawn
 
-HACK = Path(__file__).resolve().parents[1]
 PID_FILE = "podrunner.pid"
 TARGETS_FILE = "prometheus-targets.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def pid(workdir: Path) -> int | None:
-    try:
-        value = int((workdir / PID_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return value if _alive(value) else None
+    return running_pid(workdir / PID_FILE)
 
 
 def log_path(workdir: Path) -> Path:
@@ -44,13 +30,8 @@ def start(workdir: Path, kubeconfig: Path, tie_to_parent: bool, timeout: float =
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     log = log_path(workdir)
     offset = log.stat().st_size if log.exists() else 0
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [os.path.abspath(sys.executable), "-m", "podrunner", "run",
-             f"--kubeconfig={kubeconfig}", f"--targets-file={workdir / TARGETS_FILE}"],
-            cwd=HACK, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=containers._die_with_runner if tie_to_parent else None)
+    proc = spawn([os.path.abspath(sys.executable), "-m", "podrunner", "run", f"--kubeconfig={kubeconfig}",
+                  f"--targets-file={workdir / TARGETS_FILE}"], log, cwd=workdir, tie_to_parent=tie_to_parent)
     (workdir / PID_FILE).write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,9 +51,9 @@ def stop(workdir: Path, timeout: float = 60) -> bool:
     if running:
         os.kill(running, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(running) and time.monotonic() < deadline:
+        while alive(running) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(running):
+        if alive(running):
             os.kill(running, signal.SIGKILL)
     (workdir / PID_FILE).unlink(missing_ok=True)
     return running is not None

@@ -11,7 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import containers, net
+from devkit.processes import spawn, terminate
+
+from . import net
 
 MODEL_STORE_IP = "10.244.255.10"
 MODEL_STORE_PORT = 8080
@@ -24,23 +26,14 @@ class TestHost:
         self.address = address
         self.proc: subprocess.Popen | None = None
 
-    def start(self, argv: list[str], log: Path, tie_to_parent: bool = True) -> "TestHost":
+    def start(self, argv: list[str], log: Path, tie_to_parent: bool = True) -> TestHost:
         net.add_netns(self.netns, self.veth, self.address)
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, *argv],
-                                         stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=containers._die_with_runner if tie_to_parent else None)
+        self.proc = spawn(["ip", "netns", "exec", self.netns, *argv], log, tie_to_parent=tie_to_parent)
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc, grace=5)
         net.delete_netns(self.netns, self.veth)
 
 

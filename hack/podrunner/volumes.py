@@ -1,11 +1,9 @@
 """Pod volumes materialised in a directory per pod, kept in sync with the API as the kubelet does.
 
 Secret, ConfigMap and projected volumes (service-account token, ConfigMap, Secret,
-downward API) are written with the kubelet's atomic writer layout: the files live in a
-timestamped ``..<ns>`` directory, ``..data`` is a symlink to it, and each key is a
-symlink through ``..data``. An update writes a new directory and renames a new
-``..data`` symlink over the old one, so a reader sees either all old or all new files:
-that is how a renewed certificate reaches a running server.
+downward API) are written with the kubelet's atomic writer layout
+(``devkit.secretvolume``): an update swaps all files in one rename, so a reader sees
+either all old or all new files: that is how a renewed certificate reaches a running server.
 
 The API server here runs without the ServiceAccount admission plugin, so no pod spec
 carries the ``kube-api-access`` volume; when a pod asks for its token to be mounted,
@@ -16,10 +14,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import shutil
 import time
 from pathlib import Path
+
+from devkit.secretvolume import write_atomic
 
 from .api import Api
 
@@ -138,30 +136,3 @@ class Volume:
             value = self.api.token(self.pod["metadata"]["namespace"], sa, self.pod, seconds)
             self.token = (value, time.time() + 0.8 * seconds)  # the kubelet renews at 80%
         return {token["path"]: (self.token[0].encode(), 0o600 if mode == 0o644 else mode)}
-
-
-def write_atomic(target: Path, files: dict[str, tuple[bytes, int]]) -> None:
-    """The kubelet's AtomicWriter: new timestamped dir, ``..data`` swapped by rename."""
-    stamp = target / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.time_ns() % 10**9}"
-    stamp.mkdir()
-    for rel, (content, mode) in files.items():
-        path = stamp / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        os.chmod(path, mode)
-    data = target / "..data"
-    old = os.readlink(data) if data.is_symlink() else None
-    tmp = target / "..data_tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(stamp.name)
-    os.replace(tmp, data)
-    tops = {rel.split("/")[0] for rel in files}
-    for top in tops:
-        link = target / top
-        if not link.is_symlink():
-            link.symlink_to(f"..data/{top}")
-    for entry in target.iterdir():
-        if entry.is_symlink() and not entry.name.startswith("..") and entry.name not in tops:
-            entry.unlink()
-    if old and old != stamp.name:
-        shutil.rmtree(target / old, ignore_errors=True)

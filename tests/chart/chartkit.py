@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from devkit.ports import free_port
+from devkit.processes import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubeinfer"
@@ -40,12 +41,6 @@ def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Lines where the API server refused a request for lack of permission. A namespace
@@ -94,7 +89,7 @@ class OperatorRun:
         path.chmod(0o600)
         return path
 
-    def start(self) -> "OperatorRun":
+    def start(self) -> OperatorRun:
         container = self._container()
         # The chart's liveness URL, moved to a free loopback port.
         args = [a for a in container.get("args", []) if not a.startswith("--liveness=")]
@@ -117,14 +112,8 @@ class OperatorRun:
             return False
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            terminate(self.proc, grace=20)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 import yaml
-
 from chart.chartkit import CHART, value_args
-from support.cluster import hack
+
+import localcluster
+from support.reports import on_failure
 
 
 @pytest.fixture(scope="session")
 def helm(tmp_path_factory: pytest.TempPathFactory):
-    binary = hack.bin_dir() / "helm"
+    binary = localcluster.bin_dir() / "helm"
     if not binary.exists():
         msg = f"helm not built ({binary} missing): run make cluster-build"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -55,12 +56,7 @@ def render(helm):
     return run
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+@on_failure("install")
+def _operator_logs(install) -> list[tuple[str, str]]:
     """A failing test that ran the operator gets the operator's log in its report."""
-    outcome = yield
-    report = outcome.get_result()
-    if not report.failed:
-        return
-    for run in getattr(getattr(item, "funcargs", {}).get("install"), "runs", []):
-        report.sections.append(("kubeinfer-operator log (tail)", run.log()[-8000:]))
+    return [("kubeinfer-operator log (tail)", run.log()[-8000:]) for run in getattr(install, "runs", [])]

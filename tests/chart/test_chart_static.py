@@ -25,7 +25,6 @@ import re
 
 import pytest
 import yaml
-
 from chart.chartkit import CHART, REPO, of_kind, rbac_denials, value_args
 
 from kubeinfer_operator import builders, handlers, kube, naming, settings

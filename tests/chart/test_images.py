@@ -21,7 +21,6 @@ import re
 import tomllib
 
 import pytest
-
 from chart.chartkit import REPO
 
 IMAGES = REPO / "images"

@@ -31,7 +31,6 @@ import json
 import time
 
 import pytest
-
 from chart.chartkit import CHART, OperatorRun, rbac_denials, unique, value_args
 
 pytestmark = pytest.mark.cluster
@@ -183,9 +182,10 @@ def test_cluster_wide_operator_under_chart_rbac(cluster, install, namespace):
 
     # What the operator never does, its ServiceAccount cannot do either.
     assert can_i(cluster, sa, "create", "deployments.apps", namespace)
-    for verb, resource in [("create", "pods"), ("delete", "pods"), ("update", "secrets"), ("update", "deployments.apps"),
-                           ("create", "roles.rbac.authorization.k8s.io"), ("create", "clusterroles.rbac.authorization.k8s.io"),
-                           ("get", "nodes"), ("create", "namespaces"), ("delete", "inferencedeployments.kubeinfer.io"),
+    for verb, resource in [("create", "pods"), ("delete", "pods"), ("update", "secrets"),
+                           ("update", "deployments.apps"), ("create", "roles.rbac.authorization.k8s.io"),
+                           ("create", "clusterroles.rbac.authorization.k8s.io"), ("get", "nodes"),
+                           ("create", "namespaces"), ("delete", "inferencedeployments.kubeinfer.io"),
                            ("create", "inferencedeployments.kubeinfer.io"), ("list", "namespaces"),
                            ("create", "customresourcedefinitions.apiextensions.k8s.io")]:
         assert not can_i(cluster, sa, verb, resource, namespace), f"{sa} may {verb} {resource}"

@@ -9,19 +9,22 @@ veths and the bridge are removed by the runner, and swept at its next start.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from e2e.e2ekit import REPO, RUNNER_PLACEMENT, get_json, monitoring, service, testhost
+import monitoring
+from devkit import models
+from e2ekit.clients import RUNNER_PLACEMENT, get_json
+from podrunner import service, testhost
+from support.reports import on_failure
 
-CHART = REPO / "charts" / "kubeinfer"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "kubeinfer"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -59,10 +62,9 @@ def stack(cluster, tmp_path_factory):
         if own_monitoring:
             state = monitoring.start(workdir, kubeconfig, cluster.bin_dir, tie_to_parent=True)
         else:
-            state = __import__("json").loads((workdir / "monitoring.json").read_text())
+            state = json.loads((workdir / "monitoring.json").read_text())
         store_dir = tmp_path_factory.mktemp("model-store")
-        subprocess.run([sys.executable, str(REPO / "examples" / "make_models.py"), str(store_dir)],
-                       check=True, capture_output=True)
+        models.make_all(store_dir)
         store = testhost.model_store(store_dir, tmp_path_factory.getbasetemp() / "model-store.log")
         yield Stack(workdir, store_dir, state["prometheus"])
         store.stop()
@@ -96,7 +98,7 @@ def installed(cluster, stack, tmp_path_factory):
     install = Install(f"kubeinfer-e2e-{suffix}", f"e2e-apps-{suffix}", f"kubeinfer-{suffix}")
     cluster.kubectl("create", "namespace", install.apps)
     values = tmp_path_factory.mktemp("helm") / "values.json"
-    values.write_text(__import__("json").dumps({
+    values.write_text(json.dumps({
         "watchNamespaces": [install.apps], "operator": {"resyncSeconds": 5}, **RUNNER_PLACEMENT}))
     cluster.helm("install", install.release, str(CHART), "--namespace", install.namespace,
                  "--create-namespace", "-f", str(values))
@@ -112,19 +114,9 @@ def installed(cluster, stack, tmp_path_factory):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
-@pytest.fixture(autouse=True)
-def _runner_logs(request, stack):
-    """A failing e2e test's report carries the runner's and the pods' logs."""
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        log = service.log_path(stack.workdir)
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else ""
-        report.sections.append(("pod runner log (tail)", tail))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    if call.when == "call":
-        item.rep_call = outcome.get_result()
+@on_failure("stack")
+def _runner_log(stack: Stack) -> list[tuple[str, str]]:
+    """A failing e2e test's report carries the runner's log."""
+    log = service.log_path(stack.workdir)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else ""
+    return [("pod runner log (tail)", tail)]

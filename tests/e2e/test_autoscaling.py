@@ -14,9 +14,10 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from e2e.e2ekit import Load, get_json, served_by, testhost, write_secret
 from e2e.test_serving import apply, condition, infd
+
+from e2ekit.clients import Load, get_json, served_by, write_secret
+from podrunner import testhost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 

@@ -22,8 +22,9 @@ import onnxruntime as ort
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from e2e.e2ekit import RUNNER_PLACEMENT, batch, client, get_json, infer, ready_addresses, testhost, write_secret
-from support.certs import client_cert, make_ca
+from devkit.x509 import client_cert, make_ca
+from e2ekit.clients import RUNNER_PLACEMENT, batch, client, get_json, infer, ready_addresses, write_secret
+from podrunner import testhost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 

@@ -12,44 +12,30 @@ the run), unless one started by `make cluster-up` already answers at
 
 Binaries missing: tests fail under CI=true, otherwise they skip ("run make cluster-build").
 When a test that uses the cluster fails, the tails of the component logs are attached
-to its report.
+to its report (support.reports).
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
+
+import localcluster
+from support.reports import on_failure
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_COMPONENTS = ("kube-scheduler", "kube-controller-manager", "kwok", "kube-apiserver",
                   "etcd")
-
-
-def _load_localcluster():
-    """Import hack/localcluster (not an installed package) under a private name."""
-    package = REPO / "hack" / "localcluster"
-    spec = importlib.util.spec_from_file_location(
-        "kubeinfer_localcluster", package / "__init__.py",
-        submodule_search_locations=[str(package)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # relative imports and dataclasses need it registered
-    spec.loader.exec_module(module)
-    return module
-
-
-hack = _load_localcluster()
 
 
 @dataclass(frozen=True)
@@ -129,24 +115,24 @@ def _start_private(base: Path):
     take one in between; one retry on fresh ports covers that.
     """
     for attempt in (1, 2):
-        impl = hack.Cluster(Path(tempfile.mkdtemp(prefix="cluster-", dir=base)),
-                            tie_to_parent=True)
+        impl = localcluster.Cluster(Path(tempfile.mkdtemp(prefix="cluster-", dir=base)),
+                                    tie_to_parent=True)
         atexit.register(impl.down)
         try:
             impl.up(timeout=180)
             return impl
-        except hack.ClusterError as exc:
+        except localcluster.ClusterError as exc:
             if attempt == 2:
                 pytest.fail(f"local cluster did not come up: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    missing = hack.missing_binaries()
+    missing = localcluster.missing_binaries()
     if missing:
         _missing(f"local control plane not built ({', '.join(missing)} missing in "
-                 f"{hack.bin_dir()}): run make cluster-build")
-    shared = hack.Cluster(REPO / ".cluster")
+                 f"{localcluster.bin_dir()}): run make cluster-build")
+    shared = localcluster.Cluster(REPO / ".cluster")
     if _reusable(shared):
         impl, started = shared, False
     else:
@@ -176,14 +162,8 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest):
                     check=False, timeout=30)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    outcome = yield
-    report = outcome.get_result()
-    if not report.failed:
-        return
-    handle = getattr(item, "funcargs", {}).get("cluster")
-    if isinstance(handle, LocalCluster):
-        for component in LOG_COMPONENTS:
-            report.sections.append((f"cluster log: {component} (tail)",
-                                    handle.logs(component, 40)))
+@on_failure("cluster")
+def _component_logs(handle: LocalCluster) -> list[tuple[str, str]]:
+    if not isinstance(handle, LocalCluster):
+        return []
+    return [(f"cluster log: {component} (tail)", handle.logs(component, 40)) for component in LOG_COMPONENTS]

@@ -40,10 +40,8 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def start(self) -> "ServerProcess":
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([str(BIN), *self.args], stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, start_new_session=True)
+    def start(self) -> ServerProcess:
+        self.launch()
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             match = READY.search(self.log())
@@ -55,6 +53,13 @@ class ServerProcess:
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"kubeinfer-server did not become ready in {self.startup_timeout}s:\n{self.log()}")
+
+    def launch(self) -> subprocess.Popen:
+        """Start the process and return at once (``start`` also waits until it serves)."""
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([str(BIN), *self.args], stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        return self.proc
 
     def terminate(self) -> None:
         assert self.proc is not None
@@ -74,7 +79,7 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(10)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -1,7 +1,12 @@
-"""Helpers for the end-to-end tests (imported as ``e2e.e2ekit``): the runner's tooling,
-Secrets on disk, ready endpoints from EndpointSlices, and a load client.
+"""Clients of the e2e stack, for the e2e tests, the cluster demo and the e2e benchmark.
 
-The load client does what a client of the headless Service does with
+``cluster`` arguments are anything with ``kubectl(*args, check=..., input=..., timeout=...)``
+(the tests' ``LocalCluster``, ``localcluster.Cluster``). Helpers: kubectl JSON reads,
+a Secret's keys as files, the ready addresses of a Service's EndpointSlices,
+tritonclient over mTLS to pod IPs, the certificate a pod presents, Prometheus queries,
+and ``RUNNER_PLACEMENT``, what a workload sets to land on the pod runner's node.
+
+The load client (``Load``) does what a client of the headless Service does with
 ``dns:///NAME-headless...`` and ``round_robin``: it resolves the ready addresses (from
 the EndpointSlices, as cluster DNS would) once a second and, when they change, opens a
 new channel over all of them, with the Service's DNS name as the TLS server name.
@@ -13,11 +18,10 @@ import base64
 import json
 import socket
 import ssl
-import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,17 +30,16 @@ import numpy as np
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "hack"))
+from podrunner.runner import NODE_LABEL, TAINT
 
-import monitoring  # noqa: E402,F401  (re-exported for the fixtures)
-from podrunner import net, service, testhost  # noqa: E402,F401
-
+# The runner's node is tainted and labelled: only workloads that ask for it land there.
 RUNNER_PLACEMENT = {
-    "nodeSelector": {"kubeinfer.io/pod-runner": "true"},
-    "tolerations": [{"key": "kubeinfer.io/pod-runner", "operator": "Exists", "effect": "NoSchedule"}],
+    "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
+    "tolerations": [{"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}],
 }
 NO_PROXY = [("grpc.enable_http_proxy", 0)]
+# Loopback and the runner's pod subnet: never through a proxy.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def get_json(cluster, *args: str) -> dict:
@@ -98,7 +101,7 @@ class Load:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _client: object = None
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         self._refresh()
         threads = [threading.Thread(target=self._work, args=(i,), daemon=True)
                    for i in range(self.workers)]
@@ -132,7 +135,7 @@ class Load:
                 with self._lock:
                     self.failures.append((time.time(), str(exc)[:200]))
 
-    def stop(self) -> "Load":
+    def stop(self) -> Load:
         self._stop.set()
         for t in self._threads:
             t.join(60)
@@ -147,9 +150,6 @@ def presented_cert(address: str, server_name: str, certs: Path) -> bytes:
     with socket.create_connection((address, 8001), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname=server_name) as tls:
             return tls.getpeercert(binary_form=True)
-
-# Loopback and the runner's pod subnet: never through a proxy.
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def served_by(prometheus: str, namespace: str, timeout: float = 5) -> dict[str, float]:

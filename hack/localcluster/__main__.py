@@ -1,10 +1,10 @@
 """Command line for the local control plane (make cluster-up / cluster-down / cluster-status).
 
-    python hack/cluster.py up [--dir .cluster]
-    python hack/cluster.py status [--dir .cluster]
-    python hack/cluster.py down [--dir .cluster]
+    python -m localcluster up [--dir .cluster]
+    python -m localcluster status [--dir .cluster]
+    python -m localcluster down [--dir .cluster]
 
-The logic lives in hack/localcluster/, shared with the pytest plugin.
+The logic lives in this package, shared with the pytest plugin (tests/support/cluster.py).
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-HACK = Path(__file__).resolve().parent
-sys.path.insert(0, str(HACK))
+from .controlplane import Cluster, ClusterError
 
-from localcluster import Cluster, ClusterError  # noqa: E402  (needs the path above)
-
-REPO = HACK.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _say(message: str) -> None:
@@ -26,7 +23,7 @@ def _say(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--dir", default=str(REPO / ".cluster"),
                         help="state directory (default: .cluster in the checkout)")

@@ -1,5 +1,4 @@
-"""Bounded polling for tests (and the cluster demo): wait until something done in the
-background shows."""
+"""Bounded polling: wait until something done in the background shows, or fail with a deadline."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import time
 
 def wait_for(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.05):
     """Call ``predicate`` every ``interval`` seconds until it returns something true, and
-    return that; fail the test (AssertionError) after ``timeout`` seconds."""
+    return that; fail (AssertionError, so a test fails) after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
