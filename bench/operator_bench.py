@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime as dt
-import importlib.util
 import json
 import os
 import shutil
@@ -26,22 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from kubeinfer_operator import builders, drift, kube, naming, settings, tls
+from kubeinfer_operator import builders, drift, kube, naming, settings
+from kubeinfer_operator.certificate_plan import plan_certificates
 from kubeinfer_operator.spec import parse
+from localcluster import Cluster
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "kubeinfer.io_inferencedeployments.yaml"
 OPERATOR = Path(sys.executable).parent / "kubeinfer-operator"
 WORKERS = 16
 SPEC = {"model": {"uri": "s3://models/bench/model.onnx"}, "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}
-
-
-def _hack():
-    spec = importlib.util.spec_from_file_location("kubeinfer_hack_cluster", REPO / "hack" / "cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -62,7 +55,8 @@ def _fresh_namespace(cluster, name: str) -> None:
 
 
 def _ready(infd: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in (infd.get("status") or {}).get("conditions") or [])
+    conditions = (infd.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def bench_operator(cluster, client: kube.Kube, count: int, namespace: str) -> dict:
@@ -108,17 +102,18 @@ def bench_direct(cluster, client: kube.Kube, count: int, namespace: str) -> dict
     """The same children, applied by this script: what any controller must at least spend."""
     _fresh_namespace(cluster, namespace)
     config = settings.load(env={})
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def make(i: int) -> None:
         spec = parse(f"m{i:03d}", namespace, SPEC, config)
-        material = tls.plan(spec, {}, now, config)
+        material = plan_certificates(spec, {}, now, config)
         for obj in builders.desired_children(spec, material, {"apiVersion": "v1", "kind": "ConfigMap",
                                                              "name": "bench-owner", "uid": owner_uid}):
             client.apply(drift.stamp(obj))
         applied_at[spec.name] = time.monotonic()
 
-    owner = client.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bench-owner", "namespace": namespace}})
+    owner = client.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": "bench-owner", "namespace": namespace}})
     owner_uid = owner["metadata"]["uid"]
     applied_at: dict[str, float] = {}
     start = time.monotonic()
@@ -140,11 +135,10 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--reuse", action="store_true", help="use the cluster of make cluster-up")
     args = parser.parse_args()
-    hack = _hack()
-    cluster = hack.Cluster(REPO / ".cluster")
+    cluster = Cluster(REPO / ".cluster")
     started = False
     if not (args.reuse and cluster.kubeconfig.exists() and cluster.readyz()):
-        cluster = hack.Cluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), tie_to_parent=True)
+        cluster = Cluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), tie_to_parent=True)
         cluster.up(timeout=240, log=lambda *_: None)
         started = True
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 
 from cryptography import x509
@@ -83,16 +84,26 @@ def issue_leaf(
     duration: dt.timedelta,
     dns_names: Sequence[str] = (),
     server: bool = False,
+    *,
+    ip_addresses: Sequence[str] = (),
+    organization: str | None = None,
 ) -> x509.Certificate:
-    """A certificate signed by ``ca``: for serving (with DNS SANs) or for a client."""
+    """A certificate signed by ``ca``: for serving (with DNS SANs) or for a client.
+
+    ``ip_addresses`` adds IP SANs and ``organization`` an O attribute to the subject
+    (Kubernetes reads client certificates' O as groups); the operator passes neither.
+    """
     usage = x509.KeyUsage(
         digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
         key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
     )
     purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
     builder = (
         _validity(x509.CertificateBuilder(), now, duration)
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(x509.Name(subject))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -104,10 +115,9 @@ def issue_leaf(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
         )
     )
-    if dns_names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
-        )
+    sans = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(ca.key, hashes.SHA256())
 
 

@@ -17,14 +17,16 @@ PREFIX = "kubeinfer.io"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="kubeinfer-operator",
-        description="Reconciles InferenceDeployments. Every flag also reads from the environment variable named beside it.",
+        description="Reconciles InferenceDeployments. "
+                    "Every flag also reads from the environment variable named beside it.",
     )
     parser.add_argument("--namespace", action="append", dest="namespaces",
                         help="watch this namespace (repeatable); default: all [KUBEINFER_NAMESPACES, comma-separated]")
     parser.add_argument("--server-image", help="default kubeinfer-server image [KUBEINFER_SERVER_IMAGE]")
     parser.add_argument("--cluster-domain", help="cluster DNS domain for certificate SANs [KUBEINFER_CLUSTER_DOMAIN]")
     parser.add_argument("--certificate-duration-seconds", type=int,
-                        help="default lifetime of server and client certificates [KUBEINFER_CERTIFICATE_DURATION_SECONDS]")
+                        help="default lifetime of server and client certificates "
+                             "[KUBEINFER_CERTIFICATE_DURATION_SECONDS]")
     parser.add_argument("--ca-duration-seconds", type=int, help="lifetime of each CA [KUBEINFER_CA_DURATION_SECONDS]")
     parser.add_argument("--resync-seconds", type=float,
                         help="interval of the drift-repair and certificate-renewal resync [KUBEINFER_RESYNC_SECONDS]")

@@ -41,8 +41,41 @@ class Observed:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
+    """Why the pods do not serve, or why nothing can be built: a CamelCase reason and a message for a person."""
+
     reason: str
     message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """One entry of ``status.conditions``, before its generation and transition time are stamped on."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusInputs:
+    """What the status of one InferenceDeployment is computed from, besides its previous status and the clock.
+
+    ``blocked``: nothing can be built until a person acts (a bad spec, a missing
+    Secret); it is required when ``spec`` is None (the spec did not parse).
+    """
+
+    name: str
+    namespace: str
+    generation: int
+    spec: InferenceSpec | None
+    observed: Observed = Observed()
+    blocked: Problem | None = None
+    certificate_not_after: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.spec is None and self.blocked is None:
+            raise ValueError("a status without a spec needs the problem that blocks it")
 
 
 def _get(obj: Mapping[str, Any] | None, *path: str, default: Any = None) -> Any:
@@ -131,96 +164,141 @@ def _deployment_problem(deployment: Mapping[str, Any] | None) -> Problem | None:
     return None
 
 
-def desired_conditions(spec: InferenceSpec, observed: Observed) -> list[tuple[str, str, str, str]]:
-    """(type, status, reason, message) for Ready, Progressing, Degraded."""
-    dep = observed.deployment
-    desired = _get(dep, "spec", "replicas", default=spec.replicas if spec.replicas is not None else 1)
-    counts = {k: _get(dep, "status", k, default=0) or 0
-              for k in ("replicas", "readyReplicas", "availableReplicas", "updatedReplicas")}
-    caught_up = dep is not None and _get(dep, "status", "observedGeneration", default=0) >= _get(
-        dep, "metadata", "generation", default=1)
-    rolled_out = caught_up and counts["updatedReplicas"] >= desired and counts["replicas"] <= desired \
-        and counts["availableReplicas"] >= desired
-    problem = pod_problem(spec, observed.pods) or _deployment_problem(dep)
-    serving = f"{counts['availableReplicas']}/{desired} replicas serving {spec.model.name}"
-    if desired == 0:
-        ready = ("False", SCALED_TO_ZERO, "0 replicas requested")
-    elif counts["availableReplicas"] >= desired and dep is not None:
-        ready = ("True", AVAILABLE, serving)
-    elif problem is not None:
-        ready = ("False", problem.reason, problem.message)
-    else:
-        ready = ("False", ROLLOUT_IN_PROGRESS, f"{counts['readyReplicas']}/{desired} replicas ready")
-    if rolled_out:
-        progressing = ("False", AVAILABLE, f"Rollout complete: {serving}")
-    else:
-        progressing = ("True", ROLLOUT_IN_PROGRESS,
-                       f"{counts['updatedReplicas']}/{desired} replicas updated, {counts['availableReplicas']} available")
-    degraded = ("True", problem.reason, problem.message) if problem else ("False", AS_EXPECTED, "No problem observed")
-    return [("Ready", *ready), ("Progressing", *progressing), ("Degraded", *degraded)]
+@dataclasses.dataclass(frozen=True)
+class _Rollout:
+    """The Deployment's progress towards ``desired`` replicas."""
+
+    desired: int
+    replicas: int
+    ready: int
+    available: int
+    updated: int
+    caught_up: bool
+    exists: bool
+
+    @classmethod
+    def of(cls, spec: InferenceSpec, dep: Mapping[str, Any] | None) -> _Rollout:
+        def count(key: str) -> int:
+            return int(_get(dep, "status", key, default=0) or 0)
+
+        return cls(
+            desired=_desired_replicas(spec, dep),
+            replicas=count("replicas"),
+            ready=count("readyReplicas"),
+            available=count("availableReplicas"),
+            updated=count("updatedReplicas"),
+            caught_up=dep is not None and _caught_up(dep),
+            exists=dep is not None,
+        )
+
+    @property
+    def complete(self) -> bool:
+        return self.caught_up and self.updated >= self.desired and self.replicas <= self.desired \
+            and self.available >= self.desired
 
 
-def blocked_conditions(reason: str, message: str) -> list[tuple[str, str, str, str]]:
+def _caught_up(dep: Mapping[str, Any]) -> bool:
+    """Whether the Deployment controller has acted on the Deployment's latest spec."""
+    return bool(_get(dep, "status", "observedGeneration", default=0) >= _get(dep, "metadata", "generation", default=1))
+
+
+def _desired_replicas(spec: InferenceSpec, dep: Mapping[str, Any] | None) -> int:
+    """The Deployment's replicas as it holds them (an HPA may have set them), else the spec's."""
+    return int(_get(dep, "spec", "replicas", default=spec.desired_replicas))
+
+
+def desired_conditions(spec: InferenceSpec, observed: Observed) -> list[Condition]:
+    """Ready, Progressing and Degraded, from the Deployment and its pods."""
+    rollout = _Rollout.of(spec, observed.deployment)
+    problem = pod_problem(spec, observed.pods) or _deployment_problem(observed.deployment)
+    return [_ready(spec, rollout, problem), _progressing(spec, rollout), _degraded(problem)]
+
+
+def _serving(spec: InferenceSpec, rollout: _Rollout) -> str:
+    return f"{rollout.available}/{rollout.desired} replicas serving {spec.model.name}"
+
+
+def _ready(spec: InferenceSpec, rollout: _Rollout, problem: Problem | None) -> Condition:
+    if rollout.desired == 0:
+        return Condition("Ready", "False", SCALED_TO_ZERO, "0 replicas requested")
+    if rollout.available >= rollout.desired and rollout.exists:
+        return Condition("Ready", "True", AVAILABLE, _serving(spec, rollout))
+    if problem is not None:
+        return Condition("Ready", "False", problem.reason, problem.message)
+    return Condition("Ready", "False", ROLLOUT_IN_PROGRESS, f"{rollout.ready}/{rollout.desired} replicas ready")
+
+
+def _progressing(spec: InferenceSpec, rollout: _Rollout) -> Condition:
+    if rollout.complete:
+        return Condition("Progressing", "False", AVAILABLE, f"Rollout complete: {_serving(spec, rollout)}")
+    message = f"{rollout.updated}/{rollout.desired} replicas updated, {rollout.available} available"
+    return Condition("Progressing", "True", ROLLOUT_IN_PROGRESS, message)
+
+
+def _degraded(problem: Problem | None) -> Condition:
+    if problem is None:
+        return Condition("Degraded", "False", AS_EXPECTED, "No problem observed")
+    return Condition("Degraded", "True", problem.reason, problem.message)
+
+
+def blocked_conditions(blocked: Problem) -> list[Condition]:
     """Nothing can be built until a person acts (a bad spec, a missing Secret)."""
     return [
-        ("Ready", "False", reason, message),
-        ("Progressing", "False", reason, message),
-        ("Degraded", "True", reason, message),
+        Condition("Ready", "False", blocked.reason, blocked.message),
+        Condition("Progressing", "False", blocked.reason, blocked.message),
+        Condition("Degraded", "True", blocked.reason, blocked.message),
     ]
 
 
 def merge_conditions(
-    previous: Sequence[Mapping[str, Any]], wanted: Sequence[tuple[str, str, str, str]], generation: int, now: dt.datetime
+    previous: Sequence[Mapping[str, Any]], wanted: Sequence[Condition], generation: int, now: dt.datetime
 ) -> list[dict[str, Any]]:
     """Conditions as API objects, keeping lastTransitionTime where the status did not change."""
     before = {c.get("type"): c for c in previous or []}
     merged = []
-    for kind, status, reason, message in wanted:
-        old = before.get(kind)
-        since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+    for condition in wanted:
+        old = before.get(condition.type)
+        since = old.get("lastTransitionTime") if old and old.get("status") == condition.status else None
         merged.append({
-            "type": kind, "status": status, "reason": reason, "message": message[:32768],
+            "type": condition.type, "status": condition.status, "reason": condition.reason,
+            "message": condition.message[:32768],
             "observedGeneration": generation,
-            "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTransitionTime": since or _timestamp(now),
         })
     return merged
 
 
-def compute_status(
-    name: str,
-    namespace: str,
-    generation: int,
-    spec: InferenceSpec | None,
-    error: str | None,
-    observed: Observed,
-    previous: Mapping[str, Any],
-    now: dt.datetime,
-    certificate_not_after: dt.datetime | None = None,
-    error_reason: str = INVALID_SPEC,
-) -> dict[str, Any]:
+def compute_status(inputs: StatusInputs, previous: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
     """The whole ``status`` of an InferenceDeployment."""
+    name, namespace, spec, dep = inputs.name, inputs.namespace, inputs.spec, inputs.observed.deployment
     status: dict[str, Any] = {
-        "observedGeneration": generation,
+        "observedGeneration": inputs.generation,
         "selector": naming.selector_string(name),
         "endpoint": naming.endpoint(name, namespace),
         "headlessEndpoint": naming.headless_endpoint(name, namespace),
+        "replicas": _get(dep, "status", "replicas", default=0) or 0,
+        "readyReplicas": _get(dep, "status", "readyReplicas", default=0) or 0,
     }
-    dep = observed.deployment
-    status["replicas"] = _get(dep, "status", "replicas", default=0) or 0
-    status["readyReplicas"] = _get(dep, "status", "readyReplicas", default=0) or 0
-    if spec is None or error is not None:
-        wanted = blocked_conditions(error_reason, error or "invalid spec")
-    else:
-        wanted = desired_conditions(spec, observed)
     if spec is not None:
-        desired = _get(dep, "spec", "replicas", default=spec.replicas if spec.replicas is not None else 1)
         status["model"] = spec.model.name
-        status["readiness"] = f"{status['readyReplicas']}/{desired}"
+        status["readiness"] = f"{status['readyReplicas']}/{_desired_replicas(spec, dep)}"
         status["autoscaling"] = _autoscaling_text(spec)
-    if certificate_not_after is not None:
-        status["certificateNotAfter"] = certificate_not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
-    status["conditions"] = merge_conditions(previous.get("conditions") or [], wanted, generation, now)
+    if inputs.certificate_not_after is not None:
+        status["certificateNotAfter"] = _timestamp(inputs.certificate_not_after)
+    status["conditions"] = merge_conditions(
+        previous.get("conditions") or [], _wanted_conditions(inputs), inputs.generation, now)
     return status
+
+
+def _wanted_conditions(inputs: StatusInputs) -> list[Condition]:
+    if inputs.blocked is not None:
+        return blocked_conditions(inputs.blocked)
+    assert inputs.spec is not None  # StatusInputs holds a spec or what blocks it
+    return desired_conditions(inputs.spec, inputs.observed)
+
+
+def _timestamp(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _autoscaling_text(spec: InferenceSpec) -> str:

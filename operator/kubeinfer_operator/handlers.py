@@ -23,9 +23,9 @@ from typing import Any
 
 import kopf
 
-from kubeinfer_operator import naming
+from kubeinfer_operator import kinds, naming
 from kubeinfer_operator.kube import ApiError, Kube
-from kubeinfer_operator.reconcile import InvalidSpec, MissingDependency, Outcome, reconcile
+from kubeinfer_operator.reconcile import InvalidSpec, MissingDependency, reconcile
 from kubeinfer_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,8 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 5
 WAIT_SECONDS = 30
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
-WATCHED_CHILDREN = (
-    ("", "v1", "secrets"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "services"),
-    ("", "v1", "pods"),
-    ("apps", "v1", "deployments"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-)
+# (group, version, plural) of what kopf watches for us: the children and the server pods.
+WATCHED_CHILDREN = tuple((k.group, k.version, k.plural) for k in (*kinds.CHILDREN, kinds.POD))
 
 
 class Reconciler:
@@ -58,15 +51,16 @@ class Reconciler:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def run(self, body: Mapping[str, Any]) -> Outcome:
+    def run(self, body: Mapping[str, Any]) -> None:
         parent = dict(body)
 
         def emit(kind: str, reason: str, message: str) -> None:
-            kopf.event(parent, type=kind, reason=reason, message=message)
+            # kopf types its argument as a Body; any API object as a mapping works.
+            kopf.event(parent, type=kind, reason=reason, message=message)  # type: ignore[arg-type]
 
         meta = parent["metadata"]
         with self._lock((meta["namespace"], meta["name"])):
-            return reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.timezone.utc), emit)
+            reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.UTC), emit)
 
     def run_by_name(self, namespace: str, name: str) -> None:
         """Reconcile the current version of a parent, if it still exists."""
@@ -117,14 +111,15 @@ def _parent_of(body: Mapping[str, Any]) -> str | None:
     for ref in body["metadata"].get("ownerReferences") or []:
         if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP + "/"):
             return str(ref["name"])
-    if body.get("kind") == "Pod":
+    if body.get("kind") == kinds.POD.kind:
         return (body["metadata"].get("labels") or {}).get("app.kubernetes.io/instance")
     return None
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     """Registers every handler of the operator into ``registry``."""
-    resource = dict(group=naming.GROUP, version=naming.VERSION, plural=naming.PLURAL, registry=registry)
+    parent = kinds.INFERENCE_DEPLOYMENT
+    resource: dict[str, Any] = dict(group=parent.group, version=parent.version, plural=parent.plural, registry=registry)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
@@ -155,8 +150,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
 
     for group, version, plural in WATCHED_CHILDREN:
         @kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)
-        async def child_changed(body: kopf.Body, namespace: str, **_: Any) -> None:
-            parent = _parent_of(body)
-            if parent is None or not reconciler.claim(namespace, parent):
+        async def child_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+            owner = _parent_of(body)
+            if owner is None or namespace is None or not reconciler.claim(namespace, owner):
                 return
-            await asyncio.to_thread(reconciler.run_by_name, namespace, parent)
+            await asyncio.to_thread(reconciler.run_by_name, namespace, owner)

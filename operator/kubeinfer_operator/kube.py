@@ -3,16 +3,14 @@
 Server-side apply under the field manager ``kubeinfer`` (with force: the
 operator is the controller of what it applies), lists by label, deletes with a
 UID precondition, and the status subresource. Objects are plain dicts, as the
-builders make them. Every write is counted, so a test can hold "a resync that
-finds nothing to do writes nothing".
+builders make them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import logging
-import threading
+import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -20,21 +18,12 @@ from urllib.parse import quote
 import urllib3
 from kubernetes import client, config
 
-from kubeinfer_operator import naming
+from kubeinfer_operator import kinds, naming
 
 log = logging.getLogger(__name__)
 
-# (apiVersion, kind) -> (path prefix, plural). Static: no discovery round trips.
-RESOURCES = {
-    ("v1", "Secret"): ("/api/v1", "secrets"),
-    ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
-    ("v1", "Service"): ("/api/v1", "services"),
-    ("v1", "Pod"): ("/api/v1", "pods"),
-    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
-    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
-    (naming.API_VERSION, naming.KIND): (f"/apis/{naming.API_VERSION}", naming.PLURAL),
-}
+# (apiVersion, kind) -> (path prefix, plural), from the kinds table. Static: no discovery round trips.
+RESOURCES = {(k.api_version, k.kind): (k.path_prefix, k.plural) for k in kinds.ALL}
 
 
 class ApiError(Exception):
@@ -62,17 +51,12 @@ class Kube:
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api = api_client
-        self._lock = threading.Lock()
-        self.writes = 0
 
     def _request(self, method: str, path: str, query: list[tuple[str, str]] | None = None,
                  body: Any = None, content_type: str | None = None) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        if method != "GET":
-            with self._lock:
-                self.writes += 1
         serialized = self._api.param_serialize(
             method=method, resource_path=path, query_params=query or [], header_params=headers,
             body=body, auth_settings=["BearerToken"],

@@ -10,13 +10,14 @@ failures come back as exceptions that say whether a retry can help.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubeinfer_operator import builders, conditions, drift, naming, tls
+from kubeinfer_operator import builders, conditions, drift, kinds, naming
+from kubeinfer_operator.certificate_plan import TlsMaterial, plan_certificates
+from kubeinfer_operator.conditions import Problem, StatusInputs
 from kubeinfer_operator.kube import Kube
 from kubeinfer_operator.settings import Settings
 from kubeinfer_operator.spec import InferenceSpec, SpecError, parse
@@ -35,58 +36,53 @@ class MissingDependency(Exception):
     """Something the spec names is not there yet (a Secret); worth retrying."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    ready: bool
-    changes: tuple[str, ...]
-    next_renewal: dt.datetime | None
-
-
-def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt.datetime, emit: Emit) -> Outcome:
+def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt.datetime, emit: Emit) -> None:
     meta = parent["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     live = _observe(kube, namespace, name, meta["uid"])
     try:
         spec = parse(name, namespace, parent.get("spec") or {}, settings)
     except SpecError as exc:
-        _write_status(kube, parent, None, str(exc), live, now, None, emit)
+        blocked = Problem(conditions.INVALID_SPEC, str(exc))
+        _write_status(kube, parent, _status_inputs(parent, live, None, blocked=blocked), now, emit)
         raise InvalidSpec(str(exc)) from exc
     external_ca = _external_ca(kube, spec)
     if external_ca is None:
         message = (f"Secret {namespace}/{spec.tls.client_ca_secret_name} with a ca.crt key "
                    "(tls.clientCASecretName) was not found")
-        _write_status(kube, parent, spec, message, live, now, None, emit, conditions.CLIENT_CA_NOT_FOUND)
+        blocked = Problem(conditions.CLIENT_CA_NOT_FOUND, message)
+        _write_status(kube, parent, _status_inputs(parent, live, spec, blocked=blocked), now, emit)
         raise MissingDependency(message)
-    material = tls.plan(spec, _secret_data(live), now, settings, external_ca)
+    material = plan_certificates(spec, _secret_data(live), now, settings, external_client_ca=external_ca)
     for what in material.issued if material else ():
         emit("Normal", "CertificateIssued", f"Issued {what} for {namespace}/{name}")
     desired = [drift.stamp(o) for o in builders.desired_children(spec, material, naming.owner_reference(parent))]
-    changes = _apply_all(kube, desired, live, emit) + _prune(kube, desired, live, emit)
-    status = _write_status(kube, parent, spec, None, live, now, material, emit)
-    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
-    return Outcome(ready, tuple(changes), tls.next_renewal(material))
+    _apply_all(kube, desired, live, emit)
+    _prune(kube, desired, live, emit)
+    _write_status(kube, parent, _status_inputs(parent, live, spec, material=material), now, emit)
 
 
 def _observe(kube: Kube, namespace: str, name: str, uid: str) -> dict[Key, dict[str, Any]]:
     """Our children (controller reference to this parent) and the server pods, by (kind, name)."""
     found: dict[Key, dict[str, Any]] = {}
-    for api_version, kind in builders.CHILD_KINDS:
-        for obj in kube.list(api_version, kind, namespace, naming.children_selector(name)):
+    for kind in kinds.CHILDREN:
+        for obj in kube.list(kind.api_version, kind.kind, namespace, naming.children_selector(name)):
             if _owned_by(obj, uid):
-                found[(kind, obj["metadata"]["name"])] = obj
-    for pod in kube.list("v1", "Pod", namespace, naming.selector_string(name)):
-        found[("Pod", pod["metadata"]["name"])] = pod
+                found[(kind.kind, obj["metadata"]["name"])] = obj
+    for pod in kube.list(kinds.POD.api_version, kinds.POD.kind, namespace, naming.selector_string(name)):
+        found[(kinds.POD.kind, pod["metadata"]["name"])] = pod
     return found
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
 def _secret_data(live: Mapping[Key, Mapping[str, Any]]) -> dict[str, dict[str, bytes]]:
     return {
         name: {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-        for (kind, name), obj in live.items() if kind == "Secret"
+        for (kind, name), obj in live.items() if kind == kinds.SECRET.kind
     }
 
 
@@ -94,14 +90,13 @@ def _external_ca(kube: Kube, spec: InferenceSpec) -> bytes | None:
     """The external client CA bundle (empty when none is named), or None if its Secret is missing."""
     if not spec.tls.mutual or not spec.tls.client_ca_secret_name:
         return b""
-    secret = kube.get("v1", "Secret", spec.namespace, spec.tls.client_ca_secret_name)
+    secret = kube.get(kinds.SECRET.api_version, kinds.SECRET.kind, spec.namespace, spec.tls.client_ca_secret_name)
     if secret is None or "ca.crt" not in (secret.get("data") or {}):
         return None
     return base64.b64decode(secret["data"]["ca.crt"])
 
 
-def _apply_all(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, Any]], emit: Emit) -> list[str]:
-    changes = []
+def _apply_all(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, Any]], emit: Emit) -> None:
     for obj in desired:
         key = (obj["kind"], obj["metadata"]["name"])
         current = live.get(key)
@@ -115,8 +110,6 @@ def _apply_all(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[s
         what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
         log.info("%s %s", verb, what)
         emit("Normal", verb, f"{verb} {what}")
-        changes.append(f"{verb} {what}")
-    return changes
 
 
 def _hand_over_replicas(kube: Kube, desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> None:
@@ -126,14 +119,14 @@ def _hand_over_replicas(kube: Kube, desired: Mapping[str, Any], live: Mapping[st
     would fall back to 1 replica until the HPA acts. With a co-owner the value
     stays where it is and the HPA takes it from there (the documented SSA handover).
     """
-    if desired["kind"] != "Deployment" or live is None or "replicas" in desired["spec"]:
+    if desired["kind"] != kinds.DEPLOYMENT.kind or live is None or "replicas" in desired["spec"]:
         return
     ours = [m for m in live["metadata"].get("managedFields") or []
             if m.get("manager") == naming.FIELD_MANAGER and m.get("operation") == "Apply"]
     if not any("f:replicas" in (m.get("fieldsV1") or {}).get("f:spec", {}) for m in ours):
         return
     meta = desired["metadata"]
-    kube.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+    kube.apply({"apiVersion": kinds.DEPLOYMENT.api_version, "kind": kinds.DEPLOYMENT.kind,
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
                 "spec": {"replicas": live["spec"].get("replicas", 1)}}, manager=naming.HANDOVER_MANAGER)
 
@@ -145,47 +138,48 @@ def _taken(kube: Kube, obj: Mapping[str, Any], emit: Emit) -> bool:
     if existing is None:
         return False
     owner = meta["ownerReferences"][0]["uid"]
-    others = [r for r in existing["metadata"].get("ownerReferences") or [] if r.get("controller") and r.get("uid") != owner]
+    refs = existing["metadata"].get("ownerReferences") or []
+    others = [r for r in refs if r.get("controller") and r.get("uid") != owner]
     if others:
         emit("Warning", "NameConflict", f"{obj['kind']} {meta['namespace']}/{meta['name']} belongs to "
              f"{others[0].get('kind')} {others[0].get('name')}; not taking it over")
     return bool(others)
 
 
-def _prune(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, Any]], emit: Emit) -> list[str]:
+def _prune(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, Any]], emit: Emit) -> None:
     wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
-    changes = []
     for key, obj in list(live.items()):
-        if key[0] == "Pod" or key in wanted:
+        if key[0] == kinds.POD.kind or key in wanted:
             continue
         kube.delete(obj)
         del live[key]
         what = f"{key[0]} {obj['metadata']['namespace']}/{key[1]}"
         log.info("Deleted %s", what)
         emit("Normal", "Deleted", f"Deleted {what}: no longer needed")
-        changes.append(f"Deleted {what}")
-    return changes
 
 
-def _write_status(
-    kube: Kube, parent: Mapping[str, Any], spec: InferenceSpec | None, error: str | None,
-    live: Mapping[Key, dict[str, Any]], now: dt.datetime, material: tls.TlsMaterial | None, emit: Emit,
-    error_reason: str = conditions.INVALID_SPEC,
-) -> dict[str, Any]:
+def _status_inputs(
+    parent: Mapping[str, Any], live: Mapping[Key, dict[str, Any]], spec: InferenceSpec | None, *,
+    blocked: Problem | None = None, material: TlsMaterial | None = None,
+) -> StatusInputs:
     meta = parent["metadata"]
-    deployment = live.get(("Deployment", naming.deployment_name(meta["name"])))
-    pods = [obj for (kind, _), obj in live.items() if kind == "Pod"]
-    previous = parent.get("status") or {}
-    status = conditions.compute_status(
-        meta["name"], meta["namespace"], meta.get("generation", 1), spec, error,
-        conditions.Observed(deployment, pods), previous, now,
-        material.server.cert.not_valid_after_utc if material else None, error_reason,
+    deployment = live.get((kinds.DEPLOYMENT.kind, naming.deployment_name(meta["name"])))
+    pods = [obj for (kind, _), obj in live.items() if kind == kinds.POD.kind]
+    return StatusInputs(
+        name=meta["name"], namespace=meta["namespace"], generation=meta.get("generation", 1), spec=spec,
+        observed=conditions.Observed(deployment, pods), blocked=blocked,
+        certificate_not_after=material.server.cert.not_valid_after_utc if material else None,
     )
+
+
+def _write_status(kube: Kube, parent: Mapping[str, Any], inputs: StatusInputs, now: dt.datetime, emit: Emit) -> None:
+    meta = parent["metadata"]
+    previous = parent.get("status") or {}
+    status = conditions.compute_status(inputs, previous, now)
     if status != previous:
         kube.apply_status(parent, status)
         log.info("Updated status of %s %s/%s", naming.KIND, meta["namespace"], meta["name"])
         _announce(previous, status, emit)
-    return status
 
 
 def _announce(previous: Mapping[str, Any], status: Mapping[str, Any], emit: Emit) -> None:

@@ -3,7 +3,8 @@
 ``parse`` turns the API object's ``spec`` (a plain mapping, schema defaults
 already applied by the API server) into an ``InferenceSpec``. It re-applies the
 schema's defaults and re-checks its cross-field rules, so a spec admitted under
-an older CRD still fails here, loudly, as ``SpecError``.
+an older CRD still fails here, loudly, as ``SpecError``. The defaults and
+integer bounds it applies are in ``kubeinfer_operator.defaults``.
 """
 
 from __future__ import annotations
@@ -12,80 +13,99 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kubeinfer_operator.defaults import (
+    DEFAULT_ENGINE,
+    DEFAULT_EXECUTION_PROVIDERS,
+    DEFAULT_GPU_RESOURCE_NAME,
+    DEFAULT_REPLICAS,
+    DEFAULT_RESOURCES,
+    DEFAULT_TLS_MODE,
+    INTEGER_FIELDS,
+)
 from kubeinfer_operator.settings import Settings
 
 PROVIDERS = ("TensorRT", "CUDA", "CPU")
 TLS_MODES = ("Mutual", "Server", "Disabled")
+ENGINES = ("HPA",)
 RESOURCE_KEYS = ("cpu", "memory", "ephemeral-storage")
-DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}}
+PVC_SCHEME = "pvc://"
 
 
 class SpecError(ValueError):
     """The spec cannot be served as written; the message says what must hold."""
 
 
+def parse_pvc_uri(uri: str) -> tuple[str, str] | None:
+    """(claim, path) of a ``pvc://CLAIM/path`` URI; None for any other scheme."""
+    if not uri.startswith(PVC_SCHEME):
+        return None
+    claim, slash, path = uri[len(PVC_SCHEME):].partition("/")
+    if not claim or not slash:
+        raise SpecError("a pvc:// model.uri must look like pvc://CLAIM/path/to/model.onnx")
+    return claim, path
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
     name: str
     uri: str
-    sha256: str | None = None
+    sha256: str | None
 
     @property
     def pvc_claim(self) -> str | None:
         """The claim of a ``pvc://CLAIM/path`` URI, else None."""
-        if not self.uri.startswith("pvc://"):
-            return None
-        return self.uri[len("pvc://"):].split("/", 1)[0]
+        pvc = parse_pvc_uri(self.uri)
+        return pvc[0] if pvc else None
 
     @property
     def pvc_path(self) -> str | None:
-        if not self.uri.startswith("pvc://"):
-            return None
-        return self.uri[len("pvc://"):].split("/", 1)[1]
+        """The path inside the claim of a ``pvc://CLAIM/path`` URI, else None."""
+        pvc = parse_pvc_uri(self.uri)
+        return pvc[1] if pvc else None
 
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
     image: str
-    image_pull_policy: str | None = None
-    execution_providers: tuple[str, ...] = ("CPU",)
-    intra_op_threads: int | None = None
-    instances: int = 1
-    drain_grace_seconds: int = 30
-    max_connection_age_seconds: int = 0
+    image_pull_policy: str | None
+    execution_providers: tuple[str, ...]
+    intra_op_threads: int | None
+    instances: int
+    drain_grace_seconds: int
+    max_connection_age_seconds: int
 
 
 @dataclasses.dataclass(frozen=True)
 class Batching:
-    max_batch_size: int = 32
-    max_queue_delay_microseconds: int = 2000
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 1024
+    max_batch_size: int
+    max_queue_delay_microseconds: int
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_size: int
 
 
 @dataclasses.dataclass(frozen=True)
 class Gpu:
     count: int
-    resource_name: str = "nvidia.com/gpu"
-    product: str | None = None
+    resource_name: str
+    product: str | None
 
 
 @dataclasses.dataclass(frozen=True)
 class Autoscaling:
     min_replicas: int
     max_replicas: int
-    target_queue_depth: int = 8
-    scale_up_stabilization_seconds: int = 0
-    scale_down_stabilization_seconds: int = 300
+    target_queue_depth: int
+    scale_up_stabilization_seconds: int
+    scale_down_stabilization_seconds: int
 
 
 @dataclasses.dataclass(frozen=True)
 class Tls:
-    mode: str = "Server"
-    clients: tuple[str, ...] = ()
-    allowed_clients: tuple[str, ...] = ()
-    client_ca_secret_name: str | None = None
-    certificate_duration_seconds: int = 90 * 86400
+    mode: str
+    clients: tuple[str, ...]
+    allowed_clients: tuple[str, ...]
+    client_ca_secret_name: str | None
+    certificate_duration_seconds: int
 
     @property
     def enabled(self) -> bool:
@@ -115,11 +135,16 @@ class InferenceSpec:
     tls: Tls
 
     @property
+    def desired_replicas(self) -> int:
+        """``spec.replicas``, or its default when unset (with autoscaling, until the HPA decides)."""
+        return self.replicas if self.replicas is not None else DEFAULT_REPLICAS
+
+    @property
     def max_pods(self) -> int:
         """The most replicas this spec can run."""
         if self.autoscaling is not None:
             return self.autoscaling.max_replicas
-        return self.replicas if self.replicas is not None else 1
+        return self.desired_replicas
 
 
 def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings) -> InferenceSpec:
@@ -139,7 +164,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings
         node_selector={str(k): str(v) for k, v in _obj(spec, "nodeSelector").items()},
         tolerations=tuple(dict(t) for t in _list(spec, "tolerations")),
         affinity=dict(_obj(spec, "affinity")),
-        replicas=_int(spec, "replicas", None, 0, 1000),
+        replicas=_optional_int(spec, "replicas"),
         autoscaling=_autoscaling(spec.get("autoscaling")),
         tls=_tls(_obj(spec, "tls"), settings),
     )
@@ -150,15 +175,13 @@ def _model(default_name: str, raw: Mapping[str, Any]) -> Model:
     if not isinstance(uri, str) or "://" not in uri:
         raise SpecError("model.uri must be a URI such as s3://bucket/model.onnx or pvc://CLAIM/path")
     model = Model(name=str(raw.get("name") or default_name), uri=uri, sha256=raw.get("sha256"))
-    if uri.startswith("pvc://") and (not model.pvc_claim or "/" not in uri[len("pvc://"):]):
-        raise SpecError("a pvc:// model.uri must look like pvc://CLAIM/path/to/model.onnx")
-    if uri.startswith("pvc://") and model.sha256:
+    if parse_pvc_uri(uri) is not None and model.sha256:
         raise SpecError("model.sha256 must not be set for a pvc:// uri")
     return model
 
 
 def _runtime(raw: Mapping[str, Any], settings: Settings) -> Runtime:
-    providers = tuple(raw.get("executionProviders") or ("CPU",))
+    providers = tuple(raw.get("executionProviders") or DEFAULT_EXECUTION_PROVIDERS)
     unknown = [p for p in providers if p not in PROVIDERS]
     if unknown:
         raise SpecError(f"runtime.executionProviders must be among {', '.join(PROVIDERS)}, not {unknown[0]}")
@@ -166,19 +189,19 @@ def _runtime(raw: Mapping[str, Any], settings: Settings) -> Runtime:
         image=str(raw.get("image") or settings.server_image),
         image_pull_policy=raw.get("imagePullPolicy"),
         execution_providers=providers,
-        intra_op_threads=_int(raw, "intraOpThreads", None, 1, 256),
-        instances=_int(raw, "instances", 1, 1, 64),
-        drain_grace_seconds=_int(raw, "drainGraceSeconds", 30, 0, 3600),
-        max_connection_age_seconds=_int(raw, "maxConnectionAgeSeconds", 0, 0, 86400),
+        intra_op_threads=_optional_int(raw, "runtime.intraOpThreads"),
+        instances=_int(raw, "runtime.instances"),
+        drain_grace_seconds=_int(raw, "runtime.drainGraceSeconds"),
+        max_connection_age_seconds=_int(raw, "runtime.maxConnectionAgeSeconds"),
     )
 
 
 def _batching(raw: Mapping[str, Any]) -> Batching:
     batching = Batching(
-        max_batch_size=_int(raw, "maxBatchSize", 32, 0, 4096),
-        max_queue_delay_microseconds=_int(raw, "maxQueueDelayMicroseconds", 2000, 0, 10_000_000),
+        max_batch_size=_int(raw, "batching.maxBatchSize"),
+        max_queue_delay_microseconds=_int(raw, "batching.maxQueueDelayMicroseconds"),
         preferred_batch_sizes=tuple(int(s) for s in _list(raw, "preferredBatchSizes")),
-        max_queue_size=_int(raw, "maxQueueSize", 1024, 1, 1_000_000),
+        max_queue_size=_int(raw, "batching.maxQueueSize"),
     )
     if any(s > batching.max_batch_size for s in batching.preferred_batch_sizes):
         raise SpecError("every batching.preferredBatchSizes entry must be at most batching.maxBatchSize")
@@ -202,42 +225,42 @@ def _resources(raw: Any) -> Mapping[str, Mapping[str, str]]:
 def _gpu(raw: Any) -> Gpu | None:
     if not raw:
         return None
-    count = _int(raw, "count", None, 1, 16)
+    count = _optional_int(raw, "gpu.count")
     if count is None:
         if raw.get("product"):
             raise SpecError("gpu.product needs gpu.count")
         return None
-    return Gpu(count=count, resource_name=str(raw.get("resourceName") or "nvidia.com/gpu"), product=raw.get("product"))
+    resource_name = str(raw.get("resourceName") or DEFAULT_GPU_RESOURCE_NAME)
+    return Gpu(count=count, resource_name=resource_name, product=raw.get("product"))
 
 
 def _autoscaling(raw: Any) -> Autoscaling | None:
     if raw is None:
         return None
     scaling = Autoscaling(
-        min_replicas=_int(raw, "minReplicas", 1, 1, 1000),
-        max_replicas=_int(raw, "maxReplicas", None, 1, 1000) or 0,
-        target_queue_depth=_int(raw, "targetQueueDepth", 8, 1, 100_000),
-        scale_up_stabilization_seconds=_int(raw, "scaleUpStabilizationSeconds", 0, 0, 3600),
-        scale_down_stabilization_seconds=_int(raw, "scaleDownStabilizationSeconds", 300, 0, 3600),
+        min_replicas=_int(raw, "autoscaling.minReplicas"),
+        max_replicas=_optional_int(raw, "autoscaling.maxReplicas") or 0,
+        target_queue_depth=_int(raw, "autoscaling.targetQueueDepth"),
+        scale_up_stabilization_seconds=_int(raw, "autoscaling.scaleUpStabilizationSeconds"),
+        scale_down_stabilization_seconds=_int(raw, "autoscaling.scaleDownStabilizationSeconds"),
     )
     if scaling.max_replicas < 1:
         raise SpecError("autoscaling.maxReplicas must be set")
     if scaling.min_replicas > scaling.max_replicas:
         raise SpecError("autoscaling.minReplicas must be at most autoscaling.maxReplicas")
-    if raw.get("engine", "HPA") != "HPA":
-        raise SpecError("autoscaling.engine must be HPA")
+    if raw.get("engine", DEFAULT_ENGINE) not in ENGINES:
+        raise SpecError(f"autoscaling.engine must be {' or '.join(ENGINES)}")
     return scaling
 
 
 def _tls(raw: Mapping[str, Any], settings: Settings) -> Tls:
     tls = Tls(
-        mode=str(raw.get("mode") or "Server"),
+        mode=str(raw.get("mode") or DEFAULT_TLS_MODE),
         clients=tuple(str(c["name"]) for c in _list(raw, "clients")),
         allowed_clients=tuple(str(c) for c in _list(raw, "allowedClients")),
         client_ca_secret_name=raw.get("clientCASecretName"),
         certificate_duration_seconds=_int(
-            raw, "certificateDurationSeconds", settings.certificate_duration_seconds, 3600, 315_360_000
-        ),
+            raw, "tls.certificateDurationSeconds", default=settings.certificate_duration_seconds),
     )
     if tls.mode not in TLS_MODES:
         raise SpecError(f"tls.mode must be one of {', '.join(TLS_MODES)}")
@@ -268,10 +291,22 @@ def _list(raw: Mapping[str, Any], key: str) -> Sequence[Any]:
     return value
 
 
-def _int(raw: Mapping[str, Any], key: str, default: int | None, low: int, high: int) -> int | None:
-    value = raw.get(key, default)
+def _int(raw: Mapping[str, Any], path: str, default: int | None = None) -> int:
+    """The integer field ``path`` of ``raw`` (its object), or its default; bounds checked."""
+    value = _optional_int(raw, path, default)
+    if value is None:
+        raise SpecError(f"{path} must be set")
+    return value
+
+
+def _optional_int(raw: Mapping[str, Any], path: str, default: int | None = None) -> int | None:
+    """Like ``_int``, but None when the field is unset and has no default."""
+    field = INTEGER_FIELDS[path]
+    value = raw.get(field.key)
+    if value is None:
+        value = field.default if default is None else default
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SpecError(f"{key} must be an integer from {low} to {high}")
+    if isinstance(value, bool) or not isinstance(value, int) or not field.low <= value <= field.high:
+        raise SpecError(f"{field.key} must be an integer from {field.low} to {field.high}")
     return value

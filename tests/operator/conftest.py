@@ -62,7 +62,7 @@ class OperatorProcess:
         self.resync_seconds = resync_seconds
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "OperatorProcess":
+    def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

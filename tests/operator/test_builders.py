@@ -15,11 +15,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 
-from kubeinfer_operator import tls
 from kubeinfer_operator.builders import desired_children
 from kubeinfer_operator.builders.deployment import build_deployment
 from kubeinfer_operator.builders.scaling import build_hpa, build_pdb
 from kubeinfer_operator.builders.services import build_headless_service, build_service
+from kubeinfer_operator.certificate_plan import plan_certificates
 
 OWNER = {
     "apiVersion": "kubeinfer.io/v1alpha1",
@@ -29,7 +29,7 @@ OWNER = {
     "controller": True,
     "blockOwnerDeletion": True,
 }
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def _kinds(objects):
@@ -50,7 +50,7 @@ def test_children_of_a_plain_spec(make_spec, settings):
 
 def test_children_with_tls_autoscaling_and_clients(make_spec, settings):
     spec = make_spec(autoscaling={"maxReplicas": 4}, tls={"mode": "Mutual", "clients": [{"name": "checkout"}]})
-    material = tls.plan(spec, {}, NOW, settings)
+    material = plan_certificates(spec, {}, NOW, settings)
     children = desired_children(spec, material, OWNER)
     assert _kinds(children) == [
         ("Secret", "fraud-ca"), ("Secret", "fraud-tls"), ("Secret", "fraud-client-checkout"),
@@ -185,7 +185,8 @@ def test_rollout_keeps_capacity_and_metrics_are_scraped(make_spec):
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert deployment["spec"]["replicas"] == 3
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "8002", "prometheus.io/path": "/metrics"}
+    assert annotations == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "8002", "prometheus.io/path": "/metrics"}
     assert deployment["spec"]["selector"]["matchLabels"] == {
         "app.kubernetes.io/name": "kubeinfer-server", "app.kubernetes.io/instance": "fraud"}
 
@@ -200,7 +201,8 @@ def test_services(make_spec):
     service = build_service(spec, OWNER)
     assert service["spec"]["ports"] == [
         {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
-    assert service["spec"]["selector"] == {"app.kubernetes.io/name": "kubeinfer-server", "app.kubernetes.io/instance": "fraud"}
+    assert service["spec"]["selector"] == {
+        "app.kubernetes.io/name": "kubeinfer-server", "app.kubernetes.io/instance": "fraud"}
     headless = build_headless_service(spec, OWNER)
     assert headless["metadata"]["name"] == "fraud-headless"
     assert headless["spec"]["clusterIP"] == "None"
@@ -231,7 +233,7 @@ def test_pdb_only_when_more_than_one_pod(make_spec):
 
 def test_tls_secrets_carry_the_issued_material(make_spec, settings):
     spec = make_spec(tls={"mode": "Mutual", "clients": [{"name": "checkout"}]})
-    material = tls.plan(spec, {}, NOW, settings)
+    material = plan_certificates(spec, {}, NOW, settings)
     objects = {(o["kind"], o["metadata"]["name"]): o for o in desired_children(spec, material, OWNER)}
     server = objects[("Secret", "fraud-tls")]
     assert server["type"] == "kubernetes.io/tls"

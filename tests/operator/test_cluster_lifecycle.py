@@ -66,7 +66,8 @@ def test_killed_mid_reconcile_converges_without_duplicates(cluster, k, start_ope
     services = [s["metadata"]["name"] for s in k.get("services")["items"]]
     assert sorted(deployments) == sorted(names)
     assert sorted(services) == sorted(names + [f"{n}-headless" for n in names])
-    secrets = [s["metadata"]["name"] for s in k.get("secrets", selector="app.kubernetes.io/managed-by=kubeinfer")["items"]]
+    managed = k.get("secrets", selector="app.kubernetes.io/managed-by=kubeinfer")["items"]
+    secrets = [s["metadata"]["name"] for s in managed]
     assert sorted(secrets) == sorted(f"{n}-{s}" for n in names for s in ("ca", "tls", "client-c"))
     for name in names:
         assert len(k.get("replicasets", selector=f"app.kubernetes.io/instance={name}")["items"]) == 1

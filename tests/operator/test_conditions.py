@@ -6,17 +6,28 @@ caught up and old pods are gone; WaitingForGPU naming the missing product and
 resource from the scheduler's message; Unschedulable without a GPU;
 ModelFetchFailed quoting the fetch's termination message; image pull and crash
 loop problems; ProgressDeadlineExceeded; ScaledToZero; InvalidSpec; ClientCANotFound;
-lastTransitionTime kept while a status holds; status fields (endpoint,
-selector, readiness text, autoscaling text, certificate expiry).
+a status without a spec must name what blocks it; lastTransitionTime kept while
+a status holds; status fields (endpoint, selector, readiness text, autoscaling
+text, certificate expiry).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from kubeinfer_operator.conditions import Observed, compute_status, merge_conditions, pod_problem
+import pytest
 
-NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+from kubeinfer_operator.conditions import (
+    Condition,
+    Observed,
+    Problem,
+    StatusInputs,
+    compute_status,
+    merge_conditions,
+    pod_problem,
+)
+
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 LATER = NOW + dt.timedelta(minutes=5)
 
 
@@ -34,7 +45,7 @@ def _by_type(status):
 
 
 def _status(spec, observed, previous=None, now=NOW, **kw):
-    return compute_status("fraud", "ml", 7, spec, None, observed, previous or {}, now, **kw)
+    return compute_status(StatusInputs("fraud", "ml", 7, spec, observed, **kw), previous or {}, now)
 
 
 def _unschedulable(message):
@@ -44,7 +55,7 @@ def _unschedulable(message):
 
 def test_available(make_spec):
     status = _status(make_spec(replicas=2), Observed(_deployment()),
-                     certificate_not_after=dt.datetime(2026, 5, 30, tzinfo=dt.timezone.utc))
+                     certificate_not_after=dt.datetime(2026, 5, 30, tzinfo=dt.UTC))
     assert _by_type(status) == {
         "Ready": ("True", "Available", "2/2 replicas serving fraud"),
         "Progressing": ("False", "Available", "Rollout complete: 2/2 replicas serving fraud"),
@@ -113,7 +124,8 @@ def test_model_fetch_failed_quotes_the_fetch(make_spec):
     conditions = _by_type(_status(make_spec(), Observed(_deployment(1, 0, 0, 1, 1), [pod])))
     assert conditions["Ready"] == (
         "False", "ModelFetchFailed",
-        "Fetching model s3://models/fraud/3/model.onnx failed: exit code 1: fetch s3://models/fraud/3/model.onnx: not found")
+        "Fetching model s3://models/fraud/3/model.onnx failed: "
+        "exit code 1: fetch s3://models/fraud/3/model.onnx: not found")
     assert conditions["Degraded"][1] == "ModelFetchFailed"
 
 
@@ -156,8 +168,8 @@ def test_scaled_to_zero(make_spec):
 
 
 def test_invalid_spec():
-    status = compute_status("fraud", "ml", 2, None, "spec.replicas and spec.autoscaling must not both be set",
-                            Observed(), {}, NOW)
+    blocked = Problem("InvalidSpec", "spec.replicas and spec.autoscaling must not both be set")
+    status = compute_status(StatusInputs("fraud", "ml", 2, None, blocked=blocked), {}, NOW)
     conditions = _by_type(status)
     assert conditions["Ready"] == ("False", "InvalidSpec", "spec.replicas and spec.autoscaling must not both be set")
     assert conditions["Degraded"][0:2] == ("True", "InvalidSpec")
@@ -188,16 +200,21 @@ def test_same_inputs_same_status(make_spec):
 
 
 def test_merge_conditions_shapes_api_conditions():
-    merged = merge_conditions([], [("Ready", "True", "Available", "ok")], 3, NOW)
+    merged = merge_conditions([], [Condition("Ready", "True", "Available", "ok")], 3, NOW)
     assert merged == [{"type": "Ready", "status": "True", "reason": "Available", "message": "ok",
                        "observedGeneration": 3, "lastTransitionTime": "2026-03-01T12:00:00Z"}]
 
 
 def test_missing_client_ca_blocks_with_its_own_reason(make_spec):
     spec = make_spec(tls={"mode": "Mutual", "clientCASecretName": "corp-ca"})
-    status = compute_status("fraud", "ml", 1, spec, "Secret ml/corp-ca with a ca.crt key was not found",
-                            Observed(), {}, NOW, error_reason="ClientCANotFound")
+    blocked = Problem("ClientCANotFound", "Secret ml/corp-ca with a ca.crt key was not found")
+    status = compute_status(StatusInputs("fraud", "ml", 1, spec, blocked=blocked), {}, NOW)
     conditions = _by_type(status)
     assert conditions["Ready"] == ("False", "ClientCANotFound", "Secret ml/corp-ca with a ca.crt key was not found")
     assert conditions["Degraded"][0:2] == ("True", "ClientCANotFound")
     assert status["model"] == "fraud"
+
+
+def test_a_status_without_a_spec_must_say_what_blocks_it():
+    with pytest.raises(ValueError, match="needs the problem that blocks it"):
+        StatusInputs("fraud", "ml", 1, None)

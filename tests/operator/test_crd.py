@@ -44,7 +44,8 @@ def test_names_and_scope():
     assert crd["metadata"]["name"] == "inferencedeployments.kubeinfer.io"
     assert crd["spec"]["group"] == "kubeinfer.io" and crd["spec"]["scope"] == "Namespaced"
     names = crd["spec"]["names"]
-    assert (names["kind"], names["plural"], names["shortNames"]) == ("InferenceDeployment", "inferencedeployments", ["infd"])
+    assert (names["kind"], names["plural"], names["shortNames"]) == (
+        "InferenceDeployment", "inferencedeployments", ["infd"])
     assert _version()["name"] == "v1alpha1" and _version()["served"] and _version()["storage"]
 
 

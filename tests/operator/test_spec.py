@@ -5,7 +5,8 @@ operator settings; schema defaults re-applied; pvc:// URIs; replicas vs
 autoscaling; minReplicas <= maxReplicas; GPU product needs a count; TLS mode
 rules (Mutual needs clients or an external CA; allowedClients needs Mutual;
 Disabled has no clients); resources may not name GPUs; preferred batch sizes
-bounded by maxBatchSize; unknown execution providers; bounds on integers; the sample InferenceDeployments in examples/ parse.
+bounded by maxBatchSize; unknown execution providers; bounds on integers; the
+sample InferenceDeployments in examples/ parse.
 """
 
 from __future__ import annotations

@@ -9,25 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubeinfer_operator import kinds
 from kubeinfer_operator.builders.deployment import build_deployment
 from kubeinfer_operator.builders.scaling import build_hpa, build_pdb
-from kubeinfer_operator.builders.secrets import build_tls_objects
 from kubeinfer_operator.builders.services import build_headless_service, build_service
+from kubeinfer_operator.builders.tls_secrets import build_tls_objects
+from kubeinfer_operator.certificate_plan import TlsMaterial
 from kubeinfer_operator.spec import InferenceSpec
-from kubeinfer_operator.tls import TlsMaterial
 
-# Kinds the operator creates, in apply order (Secrets before the pods mount them).
-CHILD_KINDS = (
-    ("v1", "Secret"),
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("apps/v1", "Deployment"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("policy/v1", "PodDisruptionBudget"),
-)
+# (apiVersion, kind) of what the operator creates, in apply order: see kinds.CHILDREN.
+CHILD_KINDS = tuple((k.api_version, k.kind) for k in kinds.CHILDREN)
 
 
-def desired_children(spec: InferenceSpec, material: TlsMaterial | None, owner: dict[str, Any]) -> list[dict[str, Any]]:
+def desired_children(
+    spec: InferenceSpec, material: TlsMaterial | None, owner: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Every child ``spec`` needs, in apply order; anything else of ours is to be pruned."""
     candidates = [
         *build_tls_objects(spec, material, owner),

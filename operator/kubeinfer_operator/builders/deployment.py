@@ -42,7 +42,7 @@ def build_deployment(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, An
     }
     # With autoscaling the HPA owns spec.replicas: applying it would fight the HPA.
     if spec.autoscaling is None:
-        body["replicas"] = spec.replicas if spec.replicas is not None else 1
+        body["replicas"] = spec.desired_replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -51,12 +51,11 @@ def build_deployment(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, An
     }
 
 
-
 def _pod_template(spec: InferenceSpec) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": SHUTDOWN_DELAY_SECONDS + spec.runtime.drain_grace_seconds + GRACE_MARGIN_SECONDS,
+        "terminationGracePeriodSeconds": _grace_period_seconds(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -85,6 +84,10 @@ def _pod_template(spec: InferenceSpec) -> dict[str, Any]:
         "metadata": {"labels": naming.labels(spec.name), "annotations": dict(PROMETHEUS_ANNOTATIONS)},
         "spec": pod,
     }
+
+
+def _grace_period_seconds(spec: InferenceSpec) -> int:
+    return SHUTDOWN_DELAY_SECONDS + spec.runtime.drain_grace_seconds + GRACE_MARGIN_SECONDS
 
 
 def _container_security() -> dict[str, Any]:
@@ -224,5 +227,6 @@ def _volumes(spec: InferenceSpec) -> list[dict[str, Any]]:
     if spec.tls.enabled:
         # No subPath: the kubelet refreshes a projected Secret in place, and the
         # server reloads the renewed files without a restart.
-        volumes.append({"name": "tls", "secret": {"secretName": naming.server_secret_name(spec.name), "defaultMode": 0o440}})
+        secret = {"secretName": naming.server_secret_name(spec.name), "defaultMode": 0o440}
+        volumes.append({"name": "tls", "secret": secret})
     return volumes

@@ -19,7 +19,9 @@ def build_hpa(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any] | No
         "kind": "HorizontalPodAutoscaler",
         "metadata": child_metadata(spec, naming.hpa_name(spec.name), owner),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment_name(spec.name)},
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment_name(spec.name),
+            },
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
             "metrics": [

@@ -16,15 +16,17 @@ from typing import Any
 
 from kubeinfer_operator import naming
 from kubeinfer_operator.builders.meta import child_metadata
+from kubeinfer_operator.certificate_plan import TlsMaterial
 from kubeinfer_operator.spec import InferenceSpec
-from kubeinfer_operator.tls import TlsMaterial
 
 
 def ca_bundle_name(name: str) -> str:
     return f"{name}-ca-bundle"
 
 
-def _secret(spec: InferenceSpec, owner: dict[str, Any], name: str, data: dict[str, bytes], **labels: str) -> dict[str, Any]:
+def _secret(
+    spec: InferenceSpec, owner: dict[str, Any], name: str, data: dict[str, bytes], **labels: str
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -34,7 +36,9 @@ def _secret(spec: InferenceSpec, owner: dict[str, Any], name: str, data: dict[st
     }
 
 
-def build_tls_objects(spec: InferenceSpec, material: TlsMaterial | None, owner: dict[str, Any]) -> list[dict[str, Any]]:
+def build_tls_objects(
+    spec: InferenceSpec, material: TlsMaterial | None, owner: dict[str, Any]
+) -> list[dict[str, Any]]:
     if material is None:
         return []
     role = naming.ROLE_LABEL

@@ -1,0 +1,66 @@
+"""The defaults of the InferenceDeployment spec and the bounds of its integers, each written once (pure).
+
+``spec.parse`` applies them (so a spec admitted under an older CRD gets them
+too). ``DEFAULTS`` lists every default by its path under ``spec`` as the CRD
+names it (``"batching.maxBatchSize"``): tests hold the CRD's ``default:``s, and
+the server's own defaults, equal to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
+
+DEFAULT_EXECUTION_PROVIDERS: tuple[str, ...] = ("CPU",)
+DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {"requests": {"cpu": "1", "memory": "1Gi"}}
+DEFAULT_GPU_RESOURCE_NAME = "nvidia.com/gpu"
+DEFAULT_ENGINE = "HPA"
+DEFAULT_TLS_MODE = "Server"
+# Not in the CRD: spec.replicas must stay unset there, or it would clash with spec.autoscaling.
+DEFAULT_REPLICAS = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerField:
+    """An integer of the spec: its path under ``spec`` (as the CRD names it), its default, its bounds."""
+
+    path: str
+    default: int | None
+    low: int
+    high: int
+
+    @property
+    def key(self) -> str:
+        """The field's name within its object."""
+        return self.path.rpartition(".")[2]
+
+
+INTEGER_FIELDS: Mapping[str, IntegerField] = MappingProxyType({f.path: f for f in (
+    IntegerField("replicas", None, 0, 1000),
+    IntegerField("runtime.intraOpThreads", None, 1, 256),
+    IntegerField("runtime.instances", 1, 1, 64),
+    IntegerField("runtime.drainGraceSeconds", 30, 0, 3600),
+    IntegerField("runtime.maxConnectionAgeSeconds", 0, 0, 86400),
+    IntegerField("batching.maxBatchSize", 32, 0, 4096),
+    IntegerField("batching.maxQueueDelayMicroseconds", 2000, 0, 10_000_000),
+    IntegerField("batching.maxQueueSize", 1024, 1, 1_000_000),
+    IntegerField("gpu.count", None, 1, 16),
+    IntegerField("autoscaling.minReplicas", 1, 1, 1000),
+    IntegerField("autoscaling.maxReplicas", None, 1, 1000),
+    IntegerField("autoscaling.targetQueueDepth", 8, 1, 100_000),
+    IntegerField("autoscaling.scaleUpStabilizationSeconds", 0, 0, 3600),
+    IntegerField("autoscaling.scaleDownStabilizationSeconds", 300, 0, 3600),
+    # No default here: the operator's settings give it (Settings.certificate_duration_seconds).
+    IntegerField("tls.certificateDurationSeconds", None, 3600, 315_360_000),
+)})
+
+DEFAULTS: Mapping[str, object] = MappingProxyType({
+    "replicas": DEFAULT_REPLICAS,
+    "runtime.executionProviders": DEFAULT_EXECUTION_PROVIDERS,
+    "resources": DEFAULT_RESOURCES,
+    "gpu.resourceName": DEFAULT_GPU_RESOURCE_NAME,
+    "autoscaling.engine": DEFAULT_ENGINE,
+    "tls.mode": DEFAULT_TLS_MODE,
+    **{path: f.default for path, f in INTEGER_FIELDS.items() if f.default is not None},
+})
