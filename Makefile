@@ -4,16 +4,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# The product and the dev tooling (hack/pyproject.toml, kubeinfer-dev): a change to either reinstalls.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml hack/pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: venv test test-fast demo demo-server proto lint clean bench perf-analyzer chart-lint
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml hack/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[cpu,test,operator]'
+	$(PIP) install -q -e '.[cpu,test,operator]' -e hack/
 	@touch $@
 
 # Regenerates the protocol descriptor set from the .proto sources.
@@ -22,7 +23,11 @@ proto: venv
 	  --include_imports --descriptor_set_out=server/kubeinfer_server/protocol/inference.binpb \
 	  server/kubeinfer_server/protocol/grpc_service.proto
 
+# ruff (pyflakes, pycodestyle, isort, pyupgrade, bugbear), mypy (strict on the pure modules)
+# and the import-linter layering contracts; all configured in pyproject.toml.
 lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 include hack/cluster.mk
@@ -30,8 +35,7 @@ include hack/e2e.mk
 
 # The whole suite: unit, server, cluster, operator, chart and end-to-end (builds the control
 # plane and the metrics adapter into ~/.cache/kubeinfer on first use; installs Prometheus).
-test: venv cluster-build e2e-deps perf-analyzer
-	$(VENV)/bin/lint-imports
+test: venv cluster-build e2e-deps perf-analyzer lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Everything that needs no cluster.
@@ -55,4 +59,4 @@ bench: venv perf-analyzer
 	$(PY) bench/server_bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info hack/*.egg-info

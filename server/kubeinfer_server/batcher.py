@@ -3,8 +3,8 @@
 Requests wait in one FIFO queue per model. ``plan`` (a pure function of the
 queue, the busy instances and the time) decides when a batch leaves and how
 many requests it takes; ``Batcher`` applies that decision and hands each batch
-to an ``execute`` coroutine: batch in, one result (or exception) per request
-out. The policy, with Triton's knob names:
+to its ``Runner``: batch in, one result (or exception) per request out. The
+policy, with Triton's knob names:
 
 * an idle model never waits for company: with no batch running, whatever is
   queued leaves at once (a lone request pays no queue delay);
@@ -18,16 +18,9 @@ The batcher is event driven: it plans at the end of each loop turn in which
 requests arrived (requests that arrive together leave together), when a batch
 finishes and when a queue delay expires; there is no dispatch task.
 
-A model cheap enough to run on the event loop (``Inline``) takes a shortcut
-when nothing else is going on: a lone request runs at once, in its caller,
-with no queue, future or thread hop, which is what gives the lowest latency at
-concurrency 1. Under load that shortcut would starve batching (while the loop
-runs the model it cannot take the requests that would join the batch), so the
-batcher watches for load: every ``PROBE_EVERY``-th lone request goes through
-the queue and runs off the loop, and if company arrives while it runs, the
-model is "loaded": every request queues, and batches run off the loop and
-grow while the loop takes new requests, until ``CALM_BATCHES`` batches in a
-row ran alone and found nobody waiting when they finished.
+A batch runs through one ``Runner``: ``run`` off the event loop, or
+``run_here`` on it when the ``InlinePolicy`` (``inline``) lets a lone request
+of a cheap model skip the queue.
 """
 
 from __future__ import annotations
@@ -37,11 +30,12 @@ import collections
 import itertools
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kubeinfer_server.errors import DeadlineExpired, InvalidInput, NotReady, QueueFull
+from kubeinfer_server.inline import InlinePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +84,14 @@ def plan(rows: Sequence[int], oldest_wait_s: float, busy: int, config: BatchingC
     return Plan(0, wait_s=delay_s - oldest_wait_s)
 
 
-PROBE_EVERY = 8  # in the inline mode, every n-th lone request runs off the loop to look for load
-CALM_BATCHES = 4  # the loaded mode ends after this many batches in a row ran alone with nobody waiting
+class Runner(Protocol):
+    """How the batcher runs a batch: payloads in, one result (or exception) per payload out."""
 
+    async def run(self, payloads: Sequence[Any]) -> Sequence[Any]:
+        """Off the event loop (the serving core: on an instance's thread)."""
 
-class Listener(Protocol):
-    """What the serving core hears from the batcher (metrics, statistics)."""
-
-    def enqueued(self, pending: "Pending") -> None: ...
-
-    def dispatched(self, batch: Sequence["Pending"], now: float) -> None: ...
-
-    def dropped(self, pending: "Pending") -> None: ...
+    def run_here(self, payloads: Sequence[Any]) -> Sequence[Any]:
+        """On the event loop, for a lone request the inline policy let through."""
 
 
 @dataclass(slots=True, eq=False)
@@ -110,56 +100,36 @@ class Pending:
     rows: int
     enqueued_at: float
     deadline: float | None
-    future: asyncio.Future | None  # None: run inline, answered by return
-
-
-Execute = Callable[[Sequence[Any]], Awaitable[Sequence[Any]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Inline:
-    """How to run a batch on the event loop itself, when it is cheap enough to."""
-
-    cheap: Callable[[int], bool]  # rows -> may a batch this size run on the loop
-    run: Callable[[Sequence[Any]], Sequence[Any]]  # like execute, but synchronous
+    future: asyncio.Future[Any]
 
 
 class Batcher:
     def __init__(
         self,
         config: BatchingConfig,
-        execute: Execute,
-        listener: Listener | None = None,
+        runner: Runner,
         clock: Callable[[], float] = time.monotonic,
-        inline: Inline | None = None,
+        inline: InlinePolicy | None = None,
     ) -> None:
         self.config = config
-        self._execute = execute
-        self._listener = listener
+        self._runner = runner
         self._clock = clock
         self._inline = inline
         self._queue: collections.deque[Pending] = collections.deque()
         self._busy = 0
-        self._running: set[asyncio.Task] = set()
+        self._running: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._pump_soon = False
         self._closed = False
-        # Batches in a row that ran alone and found nobody waiting; below CALM_BATCHES the
-        # model is loaded (requests met in the queue lately): every request queues.
-        self._calm = CALM_BATCHES
-        self._lone = 0  # lone requests seen in the inline mode (every PROBE_EVERY-th probes for load)
 
     @property
     def waiting(self) -> int:
+        """Requests queued and not yet dispatched (``kubeinfer_queue_waiting``)."""
         return len(self._queue)
 
     @property
     def executing(self) -> int:
         return self._busy
-
-    @property
-    def loaded(self) -> bool:
-        return self._calm < CALM_BATCHES
 
     async def submit(self, payload: Any, rows: int, deadline: float | None = None) -> Any:
         """Queue one request and wait for its result; raises what its execution raised."""
@@ -169,24 +139,18 @@ class Batcher:
             raise InvalidInput(
                 f"request has {rows} rows, more than the model's max batch size {self.config.max_batch_size}"
             )
-        now = self._clock()
-        if (self._inline is not None and not self._busy and not self._queue and not self.loaded
-                and self._inline.cheap(rows)):
-            self._lone += 1
-            if self._lone % PROBE_EVERY:
-                return self._run_inline(Pending(payload, rows, now, deadline, None), now)
+        if self._inline is not None and not self._busy and not self._queue and self._inline.runs_inline(rows):
+            return self._run_here(payload, deadline)
         if len(self._queue) >= self.config.max_queue_size:
             raise QueueFull(
                 f"queue is full ({self.config.max_queue_size} requests waiting); retry later"
             )
-        future = asyncio.get_running_loop().create_future()
-        pending = Pending(payload, rows, now, deadline, future)
-        self._queue.append(pending)
-        if self._listener is not None:
-            self._listener.enqueued(pending)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append(Pending(payload, rows, self._clock(), deadline, future))
         if not self._pump_soon:
             self._pump_soon = True
-            asyncio.get_running_loop().call_soon(self._deferred_pump)
+            loop.call_soon(self._deferred_pump)
         return await future
 
     def _deferred_pump(self) -> None:
@@ -194,15 +158,12 @@ class Batcher:
         self._pump_soon = False
         self._pump()
 
-    def _run_inline(self, pending: Pending, now: float) -> Any:
-        if pending.deadline is not None and now >= pending.deadline:
+    def _run_here(self, payload: Any, deadline: float | None) -> Any:
+        if deadline is not None and self._clock() >= deadline:
             raise DeadlineExpired("the request's deadline passed before it reached the model")
-        if self._listener is not None:
-            self._listener.enqueued(pending)
-            self._listener.dispatched((pending,), now)
         self._busy += 1
         try:
-            (result,) = self._inline.run((pending.payload,))
+            (result,) = self._runner.run_here((payload,))
         finally:
             self._busy -= 1
         if isinstance(result, BaseException):
@@ -228,7 +189,7 @@ class Batcher:
             head = itertools.islice(self._queue, self.config.max_batch_size + 1)
             decision = plan([p.rows for p in head], oldest, self._busy, self.config)
             if decision.take:
-                self._start_batch(self._pop(decision.take, now), now)
+                self._start_batch(self._pop(decision.take, now))
                 continue
             if decision.wait_s is not None and self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(decision.wait_s, self._on_timer)
@@ -239,29 +200,23 @@ class Batcher:
         self._pump()
 
     def _pop(self, count: int, now: float) -> list[Pending]:
+        """The next ``count`` requests, less those whose caller left or whose deadline passed."""
         batch = []
         for _ in range(count):
             pending = self._queue.popleft()
             if pending.future.done():  # the caller went away
-                self._drop(pending)
-            elif pending.deadline is not None and now >= pending.deadline:
+                continue
+            if pending.deadline is not None and now >= pending.deadline:
                 pending.future.set_exception(
                     DeadlineExpired("the request's deadline passed while it waited in the queue")
                 )
-                self._drop(pending)
-            else:
-                batch.append(pending)
+                continue
+            batch.append(pending)
         return batch
 
-    def _drop(self, pending: Pending) -> None:
-        if self._listener is not None:
-            self._listener.dropped(pending)
-
-    def _start_batch(self, batch: list[Pending], now: float) -> None:
+    def _start_batch(self, batch: list[Pending]) -> None:
         if not batch:
             return
-        if self._listener is not None:
-            self._listener.dispatched(batch, now)
         self._busy += 1
         task = asyncio.get_running_loop().create_task(self._run_batch(batch))
         self._running.add(task)
@@ -269,14 +224,13 @@ class Batcher:
 
     async def _run_batch(self, batch: list[Pending]) -> None:
         try:
-            results = await self._execute([p.payload for p in batch])
+            results = await self._runner.run([p.payload for p in batch])
         except Exception as exc:  # a failed batch fails every request in it
             results = [exc] * len(batch)
         finally:
             self._busy -= 1
-            # Company arrived while this batch ran, or it carried company: stay loaded.
-            # A batch of one with nobody waiting: the load is gone, back to the inline mode.
-            self._calm = 0 if self._queue or len(batch) > 1 else self._calm + 1
+            if self._inline is not None:
+                self._inline.batch_finished(len(batch), len(self._queue))
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue

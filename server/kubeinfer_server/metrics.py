@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -66,17 +67,35 @@ class Histogram:
         self.sum += value
 
 
-class ModelMetrics:
-    """One model's live values, updated in place on the request path."""
+class Queue(Protocol):
+    @property
+    def waiting(self) -> int: ...
 
-    __slots__ = ("model", "providers", "instances", "in_flight", "waiting", *HISTOGRAMS)
+
+class _NoQueue:
+    waiting = 0
+
+
+class ModelMetrics:
+    """One model's live values, updated in place on the request path; ``waiting`` is read
+    from the model's queue (its batcher) when the values are read."""
+
+    __slots__ = ("model", "providers", "instances", "in_flight", "queue", *HISTOGRAMS)
+    request_seconds: Histogram
+    queue_seconds: Histogram
+    compute_seconds: Histogram
+    batch_rows: Histogram
 
     def __init__(self, model: str, providers: str, instances: int) -> None:
         self.model, self.providers, self.instances = model, providers, instances
         self.in_flight = 0
-        self.waiting = 0
+        self.queue: Queue = _NoQueue()
         for attribute, (_, _, buckets) in HISTOGRAMS.items():
             setattr(self, attribute, Histogram(buckets))
+
+    @property
+    def waiting(self) -> int:
+        return self.queue.waiting
 
 
 class Metrics:
@@ -131,7 +150,7 @@ class Collector:
                     gauges[attribute][name] = gauges[attribute].get(name, 0) + (value if live else 0)
                 for attribute, (counts, total) in m["histograms"].items():
                     merged = histograms[attribute].setdefault(name, [[0] * len(counts), 0.0])
-                    merged[0] = [a + b for a, b in zip(merged[0], counts)]
+                    merged[0] = [a + b for a, b in zip(merged[0], counts, strict=True)]
                     merged[1] += total
             for *key, count in snapshot["requests"]:
                 requests[tuple(key)] = requests.get(tuple(key), 0) + count
@@ -148,7 +167,7 @@ class Collector:
             family = HistogramMetricFamily(name, documentation, labels=["model"])
             for model, (counts, total) in histograms[attribute].items():
                 cumulative, buckets = 0, []
-                for bound, count in zip([*bounds, float("inf")], counts):
+                for bound, count in zip([*bounds, float("inf")], counts, strict=True):
                     cumulative += count
                     buckets.append((floatToGoString(float(bound)), cumulative))
                 family.add_metric([model], buckets, total)

@@ -31,7 +31,5 @@ def build_app(registry: CollectorRegistry, is_ready: Callable[[], bool]) -> web.
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]
-    return runner, bound
+    await web.TCPSite(runner, host, port).start()
+    return runner, runner.addresses[0][1]

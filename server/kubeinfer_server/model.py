@@ -78,9 +78,7 @@ class Model:
 
         self.name = name
         self.path = path
-        self.options = options
         threads = options.intra_op_threads or cgroup_cpu_limit()
-        self.intra_op_threads = threads
         requested = [PROVIDER_NAMES[p] for p in options.providers]
         available = ort.get_available_providers()
         missing = [p for p in requested if p not in available]
@@ -95,7 +93,6 @@ class Model:
             )
         self.inputs = tuple(self._spec(i) for i in self.sessions[0].get_inputs())
         self.outputs = tuple(self._spec(o) for o in self.sessions[0].get_outputs())
-        self.output_index = {spec.name: i for i, spec in enumerate(self.outputs)}
         self.batchable = all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
         log.info(
             "Loaded model %s from %s: providers %s, %d instance(s), %d intra-op threads, batchable=%s",

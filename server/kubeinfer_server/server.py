@@ -20,18 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from google.protobuf import descriptor_pb2
 
-from kubeinfer_server import http, metrics, protocol
+from kubeinfer_server import metrics, metrics_http, protocol
 from kubeinfer_server.accesslog import AccessLog
-from kubeinfer_server.config import ServeSettings
+from kubeinfer_server.accounting import Accounting
 from kubeinfer_server.core import Repository, ServedModel
 from kubeinfer_server.metrics import Metrics
 from kubeinfer_server.model import Model
 from kubeinfer_server.servicer import Identity, InferenceServicer, register
+from kubeinfer_server.settings import ServeSettings
 from kubeinfer_server.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,7 @@ log = logging.getLogger(__name__)
 # How long a thread waiting for the GIL lets the holder run before asking it to let go
 # (Python's default is 5 ms). A model thread needs the GIL for a few microseconds at the
 # start and end of every batch; with the default, an event loop that stays busy with new
-# requests holds a finished batch back for up to 5 ms. Measured on 2 cores at concurrency
-# 64 (mlp): +7% throughput on average over five interleaved pairs; concurrency 1 and
-# batch-32 requests unchanged.
+# requests holds a finished batch back for up to 5 ms (bench/RESULTS.md, session 3).
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -50,9 +49,8 @@ def freeze_startup_heap() -> int:
 
     Once the models are loaded, what is alive (modules, sessions, descriptors) lives as
     long as the process. Frozen out of the garbage collector's sight, a full collection
-    walks only what requests create. Measured on 2 cores at concurrency 64 (mlp): a full
-    collection blocked the event loop for 11 ms, every few thousand requests; frozen,
-    1.5 ms. p99 20-23 ms -> 16-17 ms in 10 interleaved pairs (bench/RESULTS.md).
+    walks only what requests create, instead of blocking the event loop for the whole
+    startup heap (bench/RESULTS.md, session 4).
     """
     gc.collect()
     gc.freeze()
@@ -70,9 +68,9 @@ class Server:
     grpc_port: int
     metrics: Metrics
     health: HealthServicer
-    repository: Repository = field(default_factory=lambda: Repository([]))
+    accounting: Accounting
+    repository: Repository = field(default_factory=Repository)
     metrics_port: int = 0
-    access_log: AccessLog = field(default_factory=lambda: AccessLog(0.0))
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ready(self) -> bool:
@@ -86,8 +84,9 @@ class Server:
         await self.grpc_server.start()
         runner = None
         if serve_http:
-            runner, self.metrics_port = await http.start(
-                http.build_app(self.metrics.registry, self.ready), self.settings.host, self.settings.metrics_port
+            runner, self.metrics_port = await metrics_http.start(
+                metrics_http.build_app(self.metrics.registry, self.ready), self.settings.host,
+                self.settings.metrics_port,
             )
         await self._set_health(NOT_SERVING)
         try:
@@ -106,7 +105,7 @@ class Server:
             await self._drain()
         finally:
             await self.grpc_server.stop(0)
-            self.access_log.flush()
+            self.accounting.access_log.flush()
             if runner is not None:
                 await runner.cleanup()
 
@@ -128,7 +127,8 @@ class Server:
         for source in self.settings.models:
             model = Model(source.name, source.path, self.settings.model_options)
             model.warm_up()
-            self.repository.models[source.name] = ServedModel(model, self.settings.batching, self.metrics)
+            account = self.accounting.open(model.name, ",".join(model.providers), self.settings.batching.instances)
+            self.repository.models[source.name] = ServedModel(model, self.settings.batching, account)
 
     async def _set_health(self, status) -> None:
         await self.health.set("", status)
@@ -150,12 +150,11 @@ def build_server(settings: ServeSettings, reuse_port: bool = False) -> Server:
         ]
     grpc_server = grpc.aio.server(options=options)
     metrics = Metrics()
-    server = Server(settings, grpc_server, 0, metrics, HealthServicer(),
-                    access_log=AccessLog(settings.access_log_sample_rate))
+    accounting = Accounting(metrics, AccessLog(settings.access_log_sample_rate))
+    server = Server(settings, grpc_server, 0, metrics, HealthServicer(), accounting)
     identity = Identity(settings.allowed_clients,
                         verifies_clients=settings.tls is not None and settings.tls.client_ca is not None)
-    servicer = InferenceServicer(server.repository, metrics, server.access_log, identity,
-                                 whole_server_statistics=not reuse_port)
+    servicer = InferenceServicer(server.repository, accounting, identity, whole_server_statistics=not reuse_port)
     register(servicer, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(server.health, grpc_server)
     _enable_reflection(grpc_server)

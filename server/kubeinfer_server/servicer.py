@@ -15,9 +15,9 @@ import time
 import grpc
 
 from kubeinfer_server import __version__, errors, protocol, tensors
-from kubeinfer_server.accesslog import AccessLog
-from kubeinfer_server.core import MODEL_VERSION, InferRequest, InputTensor, Repository, ServedModel
-from kubeinfer_server.metrics import Metrics
+from kubeinfer_server.accounting import Accounting
+from kubeinfer_server.core import MODEL_VERSION, InferRequest, Repository, ServedModel
+from kubeinfer_server.validation import InputTensor
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "statis
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer call in flight at once
 TYPED_FIELDS = {t.name: t.contents_field for t in tensors.BY_NAME.values()}
 CODE_NAMES = {code: code.name for code in grpc.StatusCode}  # an enum's .name is a property call
-_Msg = protocol.message
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -72,7 +71,8 @@ def decode_request(msg) -> InferRequest:
             raise errors.InvalidInput(
                 f"{len(raw)} raw_input_contents for {len(tensors_in)} inputs; send one per input, in order"
             )
-        inputs = [InputTensor(t.name, t.datatype, tuple(t.shape), data, None) for t, data in zip(tensors_in, raw)]
+        inputs = [InputTensor(t.name, t.datatype, tuple(t.shape), data, None)
+                  for t, data in zip(tensors_in, raw, strict=True)]
     else:
         inputs = []
         for tensor in tensors_in:
@@ -96,37 +96,37 @@ def encode_response(msg, served: ServedModel, result) -> object:
 
 
 class InferenceServicer:
-    def __init__(self, repository: Repository, metrics: Metrics, access_log: AccessLog,
-                 identity: Identity, whole_server_statistics: bool = True) -> None:
+    def __init__(self, repository: Repository, accounting: Accounting, identity: Identity,
+                 whole_server_statistics: bool = True) -> None:
         # A worker's ModelStatistics cover its own requests only: it does not advertise
         # the "statistics" extension, so perf_analyzer does not mistake them for the server's.
         self.extensions = [e for e in EXTENSIONS if whole_server_statistics or e != "statistics"]
         self.repository = repository
-        self.metrics = metrics
-        self.access_log = access_log
+        self.accounting = accounting
         self.identity = identity
 
     # --- health and metadata -------------------------------------------------
     async def ServerLive(self, request, context):
-        return _Msg("ServerLiveResponse")(live=True)
+        return protocol.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return _Msg("ServerReadyResponse")(ready=self.repository.reports_ready)
+        return protocol.ServerReadyResponse(ready=self.repository.reports_ready)
 
     async def ModelReady(self, request, context):
         try:
             self.repository.get(request.name, request.version)
-        except errors.ModelNotFound:
-            return _Msg("ModelReadyResponse")(ready=False)
-        return _Msg("ModelReadyResponse")(ready=self.repository.reports_ready)
+        except (errors.ModelNotFound, errors.NotReady):
+            return protocol.ModelReadyResponse(ready=False)
+        return protocol.ModelReadyResponse(ready=self.repository.reports_ready)
 
     async def ServerMetadata(self, request, context):
-        return _Msg("ServerMetadataResponse")(name="kubeinfer", version=__version__, extensions=self.extensions)
+        return protocol.ServerMetadataResponse(name="kubeinfer", version=__version__, extensions=self.extensions)
 
     async def ModelMetadata(self, request, context):
         served = await self._model(request, context)
         model = served.model
-        response = _Msg("ModelMetadataResponse")(name=served.name, versions=[MODEL_VERSION], platform="onnxruntime_onnx")
+        response = protocol.ModelMetadataResponse(name=served.name, versions=[MODEL_VERSION],
+                                                  platform="onnxruntime_onnx")
         for specs, target in ((model.inputs, response.inputs), (model.outputs, response.outputs)):
             for spec in specs:
                 target.add(name=spec.name, datatype=spec.datatype.name, shape=spec.shape)
@@ -136,32 +136,32 @@ class InferenceServicer:
     async def ModelConfig(self, request, context):
         served = await self._model(request, context)
         model, batched = served.model, served.max_batch_size > 0
-        config = _Msg("ModelConfig")(name=served.name, platform="onnxruntime_onnx", backend="onnxruntime",
+        config = protocol.ModelConfig(name=served.name, platform="onnxruntime_onnx", backend="onnxruntime",
                                       max_batch_size=served.max_batch_size)
-        for spec in model.inputs:
-            config.input.add(name=spec.name, data_type=_config_type(spec), dims=spec.shape[1:] if batched else spec.shape)
-        for spec in model.outputs:
-            config.output.add(name=spec.name, data_type=_config_type(spec), dims=spec.shape[1:] if batched else spec.shape)
-        kind = 1 if model.providers[0] != "CPUExecutionProvider" else 2
-        config.instance_group.add(name=served.name, count=served.batching.instances, kind=kind)
+        for specs, target in ((model.inputs, config.input), (model.outputs, config.output)):
+            for spec in specs:
+                target.add(name=spec.name, data_type=_config_type(spec), dims=spec.shape[1:] if batched else spec.shape)
+        on_cpu = model.providers[0] == "CPUExecutionProvider"
+        config.instance_group.add(name=served.name, count=served.batching.instances,
+                                  kind=protocol.INSTANCE_KIND_CPU if on_cpu else protocol.INSTANCE_KIND_GPU)
         if batched:
             config.dynamic_batching.preferred_batch_size.extend(served.batching.preferred_batch_sizes)
             config.dynamic_batching.max_queue_delay_microseconds = served.batching.max_queue_delay_us
         config.parameters["execution_providers"].string_value = ",".join(model.providers)
-        return _Msg("ModelConfigResponse")(config=config)
+        return protocol.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request, context):
         if request.name:
             models = [await self._model(request, context)]
         else:
             models = list(self.repository.models.values())
-        response = _Msg("ModelStatisticsResponse")()
+        response = protocol.ModelStatisticsResponse()
         for served in models:
             _fill_statistics(response.model_stats.add(), served)
         return response
 
     async def RepositoryIndex(self, request, context):
-        response = _Msg("RepositoryIndexResponse")()
+        response = protocol.RepositoryIndexResponse()
         state = "READY" if self.repository.reports_ready else "UNAVAILABLE"
         for name in sorted(self.repository.models):
             response.models.add(name=name, version=MODEL_VERSION, state=state)
@@ -187,9 +187,9 @@ class InferenceServicer:
                 response, code, message = await task
                 window.release()
                 if code is grpc.StatusCode.OK:
-                    yield _Msg("ModelStreamInferResponse")(infer_response=response)
+                    yield protocol.ModelStreamInferResponse(infer_response=response)
                 else:
-                    yield _Msg("ModelStreamInferResponse")(
+                    yield protocol.ModelStreamInferResponse(
                         error_message=message,
                         infer_response=protocol.ModelInferResponse(model_name=request.model_name, id=request.id),
                     )
@@ -226,23 +226,14 @@ class InferenceServicer:
         except asyncio.CancelledError:  # the client went away or its deadline passed
             expired = context.time_remaining() is not None and context.time_remaining() <= 0
             code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            self._account(msg.model_name, client, code, time.monotonic() - start, batch_rows)
+            self.accounting.finished(msg.model_name, client, CODE_NAMES[code], time.monotonic() - start, batch_rows)
             raise
         except Exception as exc:
             code, message = status_of(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("Failed request %r for model %r", msg.id, msg.model_name)
-        self._account(msg.model_name, client, code, time.monotonic() - start, batch_rows)
+        self.accounting.finished(msg.model_name, client, CODE_NAMES[code], time.monotonic() - start, batch_rows)
         return response, code, message
-
-    def _account(self, model: str, client: str, code: grpc.StatusCode, seconds: float, batch_rows: int) -> None:
-        served = self.repository.models.get(model)
-        if served is not None:
-            served.metrics.request_seconds.observe(seconds)
-            (served.stats.success if code is grpc.StatusCode.OK else served.stats.fail).add(seconds)
-        code_name = CODE_NAMES[code]
-        self.metrics.count_request(model if served is not None else "unknown", code_name, client)
-        self.access_log.record(model, client, code_name, seconds, batch_rows)
 
     async def _model(self, request, context) -> ServedModel:
         try:
@@ -251,15 +242,16 @@ class InferenceServicer:
         except errors.ServingError as exc:
             code, message = status_of(exc)
             await context.abort(code, message)
+            raise  # abort raised already; for the type checker
 
 
 def _config_type(spec) -> int:
     name = "STRING" if spec.datatype.name == "BYTES" else spec.datatype.name
-    return protocol.POOL.FindEnumTypeByName("inference.DataType").values_by_name[f"TYPE_{name}"].number
+    return protocol.enum_number("DataType", f"TYPE_{name}")
 
 
 def _fill_statistics(out, served: ServedModel) -> None:
-    stats = served.stats
+    stats = served.account.stats
     out.name, out.version = served.name, MODEL_VERSION
     out.last_inference = stats.last_inference_ms
     out.inference_count = stats.inference_count
@@ -283,7 +275,10 @@ def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHand
         request_cls = protocol.message(method.input_type.name)
         response_cls = protocol.message(method.output_type.name)
         behaviour = getattr(servicer, method.name)
-        factory = grpc.stream_stream_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
+        if method.client_streaming:
+            factory = grpc.stream_stream_rpc_method_handler
+        else:
+            factory = grpc.unary_unary_rpc_method_handler
         handlers[method.name] = factory(
             behaviour, request_deserializer=request_cls.FromString, response_serializer=response_cls.SerializeToString
         )

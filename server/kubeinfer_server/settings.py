@@ -1,12 +1,26 @@
-"""Typed, immutable settings for ``kubeinfer-server serve``, validated at the edge."""
+"""Typed, immutable settings for ``kubeinfer-server serve``, and the table of its flags.
+
+``SERVE_FLAGS`` is the contract between the operator and the server: every
+flag of ``serve``, the ``KUBEINFER_*`` environment variable that sets it when
+the flag is not given (the operator configures pods through these), and its
+default, which is read from the settings dataclasses below, the one place
+each default is written. ``settings_from_values`` turns the parsed values into
+a ``ServeSettings``, validated at the edge.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from kubeinfer_server import eventloop
 from kubeinfer_server.batcher import BatchingConfig
 from kubeinfer_server.model import PROVIDER_NAMES, ModelOptions
 from kubeinfer_server.tls import TlsFiles
+
+ENV_PREFIX = "KUBEINFER_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +60,30 @@ class ServeSettings:
             raise ValueError("--max-message-bytes must be at least 1024")
 
 
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """One flag of ``serve``: ``--NAME``, or the environment variable ``KUBEINFER_<NAME>``."""
+
+    name: str  # without the dashes, e.g. "max-batch-size"
+    parse: Callable[[str], Any]
+    default: Any
+    help: str = ""
+    variable: str = ""  # the environment variable, when it is not KUBEINFER_<NAME>
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def env(self) -> str:
+        return self.variable or ENV_PREFIX + self.name.upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+
+def _default(settings: type, field: str) -> Any:
+    return next(f.default for f in dataclasses.fields(settings) if f.name == field)
+
+
 def parse_model(value: str) -> ModelSource:
     name, sep, path = value.partition("=")
     if not sep or not name or not path:
@@ -61,5 +99,80 @@ def parse_providers(value: str) -> tuple[str, ...]:
     return providers
 
 
+def parse_list(value: str) -> tuple[str, ...]:
+    """A comma-separated list; blanks dropped."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 def parse_int_list(value: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in value.split(",") if v.strip())
+    try:
+        return tuple(int(v) for v in parse_list(value))
+    except ValueError:
+        raise ValueError(f"takes comma-separated whole numbers, got {value!r}") from None
+
+
+_BATCHING, _OPTIONS = BatchingConfig(), ModelOptions()
+
+SERVE_FLAGS: tuple[Flag, ...] = (
+    Flag("model", parse_list, (), "NAME=PATH of a model to serve (repeatable); env: a comma-separated list",
+         variable="KUBEINFER_MODELS"),
+    Flag("host", str, _default(ServeSettings, "host")),
+    Flag("grpc-port", int, _default(ServeSettings, "grpc_port")),
+    Flag("metrics-port", int, _default(ServeSettings, "metrics_port")),
+    Flag("max-batch-size", int, _BATCHING.max_batch_size, "rows per batch; 0: no batching"),
+    Flag("max-queue-delay-us", int, _BATCHING.max_queue_delay_us, "how long a request waits for company"),
+    Flag("preferred-batch-sizes", parse_int_list, _BATCHING.preferred_batch_sizes, "e.g. 8,16,32"),
+    Flag("max-queue-size", int, _BATCHING.max_queue_size, "requests waiting per model before QueueFull"),
+    Flag("instances", int, _BATCHING.instances, "ONNX Runtime sessions per model, each on a thread of its own"),
+    Flag("intra-op-threads", int, _OPTIONS.intra_op_threads,
+         "ONNX Runtime intra-op threads per session (0: the container's CPU limit)"),
+    Flag("providers", parse_providers, _OPTIONS.providers, "e.g. tensorrt,cuda,cpu"),
+    Flag("tls-cert", str, None),
+    Flag("tls-key", str, None),
+    Flag("tls-client-ca", str, None, "set: client certificates are required and verified against it"),
+    Flag("allowed-clients", parse_list, (), "client certificate CNs allowed to call (empty: any the CA signed)"),
+    Flag("access-log-sample-rate", float, _default(ServeSettings, "access_log_sample_rate")),
+    Flag("grace-seconds", float, _default(ServeSettings, "grace_seconds"),
+         "after SIGTERM, how long accepted requests have to finish"),
+    Flag("shutdown-delay-seconds", float, _default(ServeSettings, "shutdown_delay_seconds"),
+         "after SIGTERM, keep answering new calls this long (readiness already false) "
+         "while load balancers drop this replica; then drain"),
+    Flag("max-connection-age-seconds", float, _default(ServeSettings, "max_connection_age_seconds")),
+    Flag("max-message-bytes", int, _default(ServeSettings, "max_message_bytes")),
+    Flag("workers", int, 1, "server processes sharing the gRPC port (needs a fixed --grpc-port)"),
+    Flag("event-loop", str, _default(ServeSettings, "event_loop"),
+         "auto: uvloop when installed, else asyncio's own loop", choices=eventloop.CHOICES),
+    Flag("log-level", str, "INFO"),
+)
+SERVE_FLAGS_BY_ENV = {flag.env: flag for flag in SERVE_FLAGS}
+
+
+def settings_from_values(values: Mapping[str, Any]) -> ServeSettings:
+    """``ServeSettings`` from parsed flag values, by ``Flag.dest``; ValueError says what to fix."""
+    tls = None
+    if values["tls_cert"] or values["tls_key"] or values["tls_client_ca"]:
+        if not (values["tls_cert"] and values["tls_key"]):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        tls = TlsFiles(values["tls_cert"], values["tls_key"], values["tls_client_ca"] or None)
+    return ServeSettings(
+        models=tuple(parse_model(m) for m in values["model"]),
+        host=values["host"],
+        grpc_port=values["grpc_port"],
+        metrics_port=values["metrics_port"],
+        batching=BatchingConfig(
+            max_batch_size=values["max_batch_size"],
+            max_queue_delay_us=values["max_queue_delay_us"],
+            preferred_batch_sizes=values["preferred_batch_sizes"],
+            max_queue_size=values["max_queue_size"],
+            instances=values["instances"],
+        ),
+        model_options=ModelOptions(values["providers"], values["intra_op_threads"], values["instances"]),
+        tls=tls,
+        allowed_clients=frozenset(values["allowed_clients"]),
+        access_log_sample_rate=values["access_log_sample_rate"],
+        grace_seconds=values["grace_seconds"],
+        shutdown_delay_seconds=values["shutdown_delay_seconds"],
+        max_connection_age_seconds=values["max_connection_age_seconds"],
+        max_message_bytes=values["max_message_bytes"],
+        event_loop=values["event_loop"],
+    )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +94,7 @@ def _decode_bytes(name: str, shape: tuple[int, ...], count: int, raw: bytes) -> 
     return array.reshape(shape)
 
 
-def decode_typed(name: str, datatype: Datatype, shape: tuple[int, ...], values) -> np.ndarray:
+def decode_typed(name: str, datatype: Datatype, shape: tuple[int, ...], values: Sequence[Any]) -> np.ndarray:
     """Decode typed InferTensorContents values (the field for ``datatype``)."""
     count = element_count(shape)
     if datatype.contents_field is None:

@@ -24,16 +24,16 @@ import shutil
 import signal
 import tempfile
 
-from kubeinfer_server import eventloop, http
-from kubeinfer_server.config import ServeSettings
+from kubeinfer_server import eventloop, metrics_http
+from kubeinfer_server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 
 def _worker_main(settings: ServeSettings, index: int, ready, log_level: int, metrics_dir: str) -> None:
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s")
-    from kubeinfer_server.app import run_worker
     from kubeinfer_server.metrics import snapshot_path
+    from kubeinfer_server.server import run_worker
 
     eventloop.runner(settings.event_loop)[1](run_worker(settings, ready.set, snapshot_path(metrics_dir, index)))
 
@@ -73,8 +73,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.start_workers()
-        runner, port = await http.start(http.build_app(workers_registry(self.metrics_dir, self._worker_alive), self.ready),
-                                        self.settings.host, self.settings.metrics_port)
+        registry = workers_registry(self.metrics_dir, self._worker_alive)
+        runner, port = await metrics_http.start(metrics_http.build_app(registry, self.ready),
+                                                self.settings.host, self.settings.metrics_port)
         try:
             code = await self._supervise(port)
         finally:

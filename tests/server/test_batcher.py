@@ -1,4 +1,4 @@
-"""The dynamic batcher, without gRPC or ONNX Runtime.
+"""The dynamic batcher and its inline policy, without gRPC or ONNX Runtime.
 
 Covers: the pure dispatch policy (an idle model dispatches at once, a busy one
 waits for company until max batch size, a preferred size or the queue delay;
@@ -8,18 +8,20 @@ execution and each gets exactly its own result; a full queue refuses with
 QueueFull; a request whose deadline passed is dropped before compute; a
 request too large for the batch is refused; a failed batch fails every
 request in it, and one bad request fails alone; close drains the queue);
-cancelled callers; the inline mode for cheap models (a lone request runs in
+cancelled callers; the inline policy for cheap models (a lone request runs in
 its caller, every PROBE_EVERY-th one probes for load off the loop, company
 found by a probe keeps the model loaded until CALM_BATCHES batches in a row
-ran alone and found nobody waiting).
+ran alone and found nobody waiting; a model whose measured cost per row is
+too high never runs inline).
 """
 
 import asyncio
 
 import pytest
 
-from kubeinfer_server.batcher import CALM_BATCHES, PROBE_EVERY, Batcher, BatchingConfig, Inline, Plan, plan
+from kubeinfer_server.batcher import Batcher, BatchingConfig, Plan, plan
 from kubeinfer_server.errors import DeadlineExpired, InvalidInput, NotReady, QueueFull
+from kubeinfer_server.inline import CALM_BATCHES, INLINE_BELOW_S, PROBE_EVERY, InlinePolicy
 
 CFG = BatchingConfig(max_batch_size=8, max_queue_delay_us=1000, preferred_batch_sizes=(), instances=2)
 
@@ -80,20 +82,26 @@ class Clock:
 
 
 class Recorder:
-    """An execute function: doubles each payload list, remembers every batch, can be held."""
+    """A batch runner: doubles each payload list off the loop (and triples it on the loop),
+    remembers every batch, can be held."""
 
     def __init__(self, fail_with: Exception | None = None) -> None:
-        self.batches: list[list] = []
+        self.batches: list[list] = []  # run off the loop
+        self.inline_batches: list[list] = []  # run on the loop
         self.fail_with = fail_with
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def __call__(self, payloads):
+    async def run(self, payloads):
         self.batches.append(list(payloads))
         await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
         return [ValueError(f"bad {p}") if p == "bad" else [x * 2 for x in p] for p in payloads]
+
+    def run_here(self, payloads):
+        self.inline_batches.append(list(payloads))
+        return [ValueError(f"bad {p}") if p == "bad" else [x * 3 for x in p] for p in payloads]
 
 
 async def _settle() -> None:
@@ -322,28 +330,28 @@ def test_a_request_whose_caller_left_the_queue_is_dropped_before_compute():
     assert result == [4] and [1] not in [p for b in batches for p in b]
 
 
-class InlineRecorder:
-    """The synchronous side of a cheap model: remembers the batches it ran on the loop."""
+def cheap() -> InlinePolicy:
+    """The inline policy of a model measured to run far below the inline threshold."""
+    return InlinePolicy(row_cost_s=0.0)
 
-    def __init__(self, cheap: bool = True) -> None:
-        self.batches: list[list] = []
-        self.inline = Inline(cheap=lambda rows: cheap, run=self.run)
 
-    def run(self, payloads):
-        self.batches.append(list(payloads))
-        return [ValueError(f"bad {p}") if p == "bad" else [x * 3 for x in p] for p in payloads]
+def test_the_policy_learns_the_cost_per_row_from_measured_batches():
+    policy = InlinePolicy()
+    assert not policy.runs_inline(1)  # pessimistic until a batch was measured
+    for _ in range(20):
+        policy.observe_cost(rows=10, seconds=10 * INLINE_BELOW_S / 100)
+    assert policy.runs_inline(1) and not policy.runs_inline(200)
 
 
 def test_a_lone_request_to_a_cheap_model_runs_inline_but_probes_for_load():
     async def scenario():
-        execute, inline = Recorder(), InlineRecorder()
-        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock(),
-                          inline=inline.inline)
+        execute, policy = Recorder(), cheap()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock(), inline=policy)
         results = [await batcher.submit([i], 1) for i in range(2 * PROBE_EVERY)]
         with pytest.raises(ValueError, match="bad"):
             await batcher.submit("bad", 1)  # a failed inline run fails its caller alone
         await batcher.close()
-        return results, execute.batches, inline.batches, batcher.loaded
+        return results, execute.batches, execute.inline_batches, policy.loaded
 
     results, off_loop, on_loop, loaded = run(scenario())
     probes = [i for i in range(2 * PROBE_EVERY) if (i + 1) % PROBE_EVERY == 0]
@@ -355,9 +363,8 @@ def test_a_lone_request_to_a_cheap_model_runs_inline_but_probes_for_load():
 
 def test_a_probe_that_finds_company_keeps_the_model_loaded_until_the_load_is_gone():
     async def scenario():
-        execute, inline = Recorder(), InlineRecorder()
-        batcher = Batcher(BatchingConfig(max_batch_size=8, instances=1), execute, clock=Clock(),
-                          inline=inline.inline)
+        execute, policy = Recorder(), cheap()
+        batcher = Batcher(BatchingConfig(max_batch_size=8, instances=1), execute, clock=Clock(), inline=policy)
         for i in range(PROBE_EVERY - 1):
             await batcher.submit([i], 1)  # inline
         execute.gate.clear()
@@ -367,16 +374,16 @@ def test_a_probe_that_finds_company_keeps_the_model_loaded_until_the_load_is_gon
         await _settle()
         execute.gate.set()
         await asyncio.gather(probe, *company)
-        loaded_after_company = batcher.loaded
-        inline_runs = len(inline.batches)
+        loaded_after_company = policy.loaded
+        inline_runs = len(execute.inline_batches)
         alone, still_loaded = [], []
         for i in range(CALM_BATCHES):  # loaded: through the queue, off the loop, each a batch of one
             alone.append(await batcher.submit([300 + i], 1))
-            still_loaded.append(batcher.loaded)
+            still_loaded.append(policy.loaded)
         again_inline = await batcher.submit([400], 1)
         await batcher.close()
-        return (execute.batches, loaded_after_company, inline_runs, len(inline.batches), alone, still_loaded,
-                again_inline)
+        return (execute.batches, loaded_after_company, inline_runs, len(execute.inline_batches), alone,
+                still_loaded, again_inline)
 
     batches, loaded, inline_before, inline_after, alone, still_loaded, again_inline = run(scenario())
     assert batches[:2] == [[[100]], [[200], [201], [202]]]
@@ -389,25 +396,24 @@ def test_a_probe_that_finds_company_keeps_the_model_loaded_until_the_load_is_gon
 
 def test_a_model_too_costly_for_the_loop_never_runs_inline():
     async def scenario():
-        execute, inline = Recorder(), InlineRecorder(cheap=False)
-        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock(),
-                          inline=inline.inline)
+        execute = Recorder()
+        costly = InlinePolicy(row_cost_s=INLINE_BELOW_S)
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock(), inline=costly)
         results = [await batcher.submit([i], 1) for i in range(3)]
         await batcher.close()
-        return results, inline.batches
+        return results, execute.inline_batches
 
     assert run(scenario()) == ([[0], [2], [4]], [])
 
 
 def test_an_inline_request_past_its_deadline_is_refused_before_compute():
     async def scenario():
-        clock, inline = Clock(), InlineRecorder()
-        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), Recorder(), clock=clock,
-                          inline=inline.inline)
+        clock, execute = Clock(), Recorder()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=clock, inline=cheap())
         with pytest.raises(DeadlineExpired):
             await batcher.submit([1], 1, deadline=clock.now - 0.001)
         await batcher.close()
-        return inline.batches
+        return execute.inline_batches
 
     assert run(scenario()) == []
 

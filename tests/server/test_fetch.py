@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from support.models import linear
+from devkit.models import linear
 from support.serverproc import ServerProcess, run_cli
 
 
@@ -147,7 +147,7 @@ def test_fetched_model_is_served(http_url, model_sha256, tmp_path):
     dest = tmp_path / "model.onnx"
     assert fetch(f"{http_url}/model.onnx", str(dest), "--sha256", model_sha256).returncode == 0
     x = np.ones((1, 4), dtype=np.float32)
-    weights = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)  # as support.models.linear
+    weights = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)  # as devkit.models.linear
     with ServerProcess("--model", f"fetched={dest}") as server, grpcclient.InferenceServerClient(server.url) as client:
         tensor = grpcclient.InferInput("x", [1, 4], "FP32")
         tensor.set_data_from_numpy(x)

@@ -9,7 +9,7 @@ import gc
 
 import pytest
 
-from kubeinfer_server.app import freeze_startup_heap
+from kubeinfer_server.server import freeze_startup_heap
 
 
 @pytest.fixture

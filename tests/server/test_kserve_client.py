@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from support.models import linear
+from devkit.models import linear
 from support.serverproc import ServerProcess
 
 SCRIPT = Path(__file__).parents[1] / "support" / "kserve_call.py"

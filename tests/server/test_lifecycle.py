@@ -1,6 +1,8 @@
 """Load, overload and shutdown of a real server process.
 
-Covers: under load ``kubeinfer_queue_depth`` counts accepted requests; SIGTERM
+Covers: while the models load (gRPC already up), ModelInfer and ModelMetadata
+answer UNAVAILABLE ("loading models") and readiness is false, then the same
+calls succeed once loaded; under load ``kubeinfer_queue_depth`` counts accepted requests; SIGTERM
 turns readiness off, refuses new connections and answers every accepted
 request (queued or running) before a clean exit; a full queue answers
 RESOURCE_EXHAUSTED (not UNAVAILABLE) while the rest succeed; with a shutdown
@@ -11,8 +13,10 @@ as failed, never as inferred); with a max connection age, a client that keeps
 calling sees no failures across connection recycling.
 """
 
+import os
 import queue
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +26,10 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from support.models import slow
+from devkit.models import linear, slow
+from devkit.ports import free_port
+from devkit.waiting import wait_for
 from support.serverproc import ServerProcess
-from support.waiting import wait_for
 
 WIDTH = 1024
 
@@ -107,6 +112,43 @@ def _readyz(server):
         return None
 
 
+def _live(client) -> bool:
+    try:
+        return client.is_server_live()
+    except InferenceServerException:
+        return False
+
+
+def test_calls_while_the_models_load_answer_unavailable(tmp_path):
+    model_bytes = open(linear(tmp_path / "linear.onnx"), "rb").read()
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)  # the server's load blocks reading it until the test writes the model
+    port = free_port()
+    server = ServerProcess(f"--model=m={fifo}", f"--grpc-port={port}")
+    server.launch()
+    writer = threading.Thread(target=fifo.write_bytes, args=(model_bytes,), daemon=True)
+    try:
+        client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        wait_for(lambda: _live(client), 30, "gRPC to come up before the model loads", interval=0.05)
+        x = tc.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        for call in (lambda: client.infer("m", [x]), lambda: client.get_model_metadata("m")):
+            with pytest.raises(InferenceServerException) as err:
+                call()
+            assert err.value.status() == "StatusCode.UNAVAILABLE"
+            assert "loading models" in err.value.message()
+        assert not client.is_server_ready() and not client.is_model_ready("m")
+        writer.start()
+        wait_for(client.is_server_ready, 30, "the model to load")
+        assert client.infer("m", [x]).as_numpy("logits").shape == (1, 3)
+        assert client.get_model_metadata("m").name == "m"
+    finally:
+        if writer.ident is None:  # failed early: an empty model ends the blocked load, so the server exits
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        server.stop()
+        writer.join(5)
+
+
 def test_full_queue_answers_resource_exhausted(slow_model):
     with ServerProcess(f"--model=slow={slow_model}", "--max-batch-size=1", "--max-queue-size=2",
                        "--intra-op-threads=1") as server:
@@ -139,8 +181,6 @@ def test_expired_deadline_is_dropped_before_compute(slow_model):
 
 
 def test_connection_age_recycles_without_failures(tmp_path):
-    from support.models import linear
-
     model = linear(tmp_path / "linear.onnx")
     with ServerProcess(f"--model=linear={model}", "--max-connection-age-seconds=0.5",
                        "--grace-seconds=5") as server:

@@ -2,11 +2,13 @@
 
 Covers: histogram buckets follow Prometheus's ``le`` (a value equal to a bound
 counts in that bound's bucket; cumulative in the exposition); request counts
-by model, code and client; the ``--workers`` view sums every worker's snapshot
+by model, code and client; the waiting gauge reads the model's queue when
+scraped; the ``--workers`` view sums every worker's snapshot
 and leaves out the gauges of a worker that is gone (its counts stay).
 """
 
 import json
+from types import SimpleNamespace
 
 from prometheus_client import generate_latest
 
@@ -35,7 +37,7 @@ def test_histogram_buckets_are_le_and_cumulative_in_the_exposition():
 def test_gauges_and_request_counts_read_live_values():
     metrics = m.Metrics()
     live = metrics.model("fraud", "CPUExecutionProvider", 2)
-    live.in_flight, live.waiting = 5, 3
+    live.in_flight, live.queue = 5, SimpleNamespace(waiting=3)  # waiting: read from the model's queue
     for code in ("OK", "OK", "INVALID_ARGUMENT"):
         metrics.count_request("fraud", code, "alice")
     lines = _lines(metrics.registry)

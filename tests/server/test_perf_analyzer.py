@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support.models import linear
+from devkit.models import linear
 from support.serverproc import ServerProcess
 
 WRAPPER = Path(__file__).parents[2] / "bench" / "perf_analyzer"

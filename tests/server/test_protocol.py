@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from support.models import ONNX_TYPES, fixed_shape, identity_all_types, linear, slow
+from devkit.models import ONNX_TYPES, fixed_shape, identity_all_types, linear, slow
 from support.serverproc import ServerProcess
 
 NUMPY = {

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tc
 
+from devkit.models import linear
 from kubeinfer_server import protocol
-from support.models import linear
 from support.serverproc import ServerProcess
 
 HAS_GPU = "CUDAExecutionProvider" in ort.get_available_providers() and os.path.exists("/dev/nvidia0")

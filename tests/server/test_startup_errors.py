@@ -67,14 +67,14 @@ def test_model_without_equals_sign(tmp_path):
 
 
 def _tls_start(tmp_path, cert: str, key: str):
-    from support.models import linear
+    from devkit.models import linear
 
     model = linear(tmp_path / "linear.onnx")
     return serve(f"--model=m={model}", f"--tls-cert={cert}", f"--tls-key={key}")
 
 
 def test_missing_tls_file(tmp_path):
-    from support.certs import make_ca, server_cert
+    from devkit.x509 import make_ca, server_cert
 
     cert = server_cert(make_ca())
     cert_path, key_path = cert.write(tmp_path, "server")
@@ -83,7 +83,7 @@ def test_missing_tls_file(tmp_path):
 
 
 def test_key_that_does_not_match_the_certificate(tmp_path):
-    from support.certs import make_ca, server_cert
+    from devkit.x509 import make_ca, server_cert
 
     ca = make_ca()
     cert_path, _ = server_cert(ca).write(tmp_path, "one")

@@ -31,14 +31,14 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from support.certs import (Issued, client_cert, make_ca, rotate_secret_volume, server_cert, tls_secret,
-                           write_secret_volume)
-from support.models import linear
+from devkit.models import linear
+from devkit.secretvolume import rotate_secret_volume, write_secret_volume
+from devkit.waiting import wait_for
+from devkit.x509 import Issued, client_cert, make_ca, server_cert, tls_secret
 from support.serverproc import ServerProcess
-from support.waiting import wait_for
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
-WEIGHTS = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)  # as support.models.linear
+WEIGHTS = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)  # as devkit.models.linear
 REFUSED = "StatusCode.UNAVAILABLE"
 
 
@@ -224,7 +224,7 @@ class CallLoop:
     def wait_calls(self, count: int) -> None:
         wait_for(lambda: self.calls >= count or self.errors, timeout=30, what=f"{count} calls")
 
-    def __enter__(self) -> "CallLoop":
+    def __enter__(self) -> CallLoop:
         self._thread.start()
         return self
 

@@ -8,25 +8,19 @@ a fixed port is required; a worker that dies takes the pod down (non-zero exit)
 rather than leaving it ready at half capacity.
 """
 
+import concurrent.futures
 import os
 import re
 import signal
-import socket
 import urllib.request
-import concurrent.futures
 
 import numpy as np
 import tritonclient.grpc as tc
 
-from support.models import linear
+from devkit.models import linear
+from devkit.ports import free_port as _free_port
+from devkit.waiting import wait_for
 from support.serverproc import ServerProcess, run_cli
-from support.waiting import wait_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _call(url: str, i: int) -> np.ndarray:

@@ -29,7 +29,23 @@ def message(name: str):
     return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"inference.{name}"))
 
 
-ModelInferRequest = message("ModelInferRequest")
+def enum_number(enum: str, value: str) -> int:
+    """The number of ``value`` in the enum ``inference.<enum>``."""
+    return POOL.FindEnumTypeByName(f"inference.{enum}").values_by_name[value].number
+
+
+# The messages the servicer answers with.
+ServerLiveResponse = message("ServerLiveResponse")
+ServerReadyResponse = message("ServerReadyResponse")
+ServerMetadataResponse = message("ServerMetadataResponse")
+ModelReadyResponse = message("ModelReadyResponse")
+ModelMetadataResponse = message("ModelMetadataResponse")
+ModelConfig = message("ModelConfig")
+ModelConfigResponse = message("ModelConfigResponse")
+ModelStatisticsResponse = message("ModelStatisticsResponse")
+RepositoryIndexResponse = message("RepositoryIndexResponse")
 ModelInferResponse = message("ModelInferResponse")
 ModelStreamInferResponse = message("ModelStreamInferResponse")
-InferParameter = message("InferParameter")
+
+INSTANCE_KIND_GPU = enum_number("ModelInstanceGroup.Kind", "KIND_GPU")
+INSTANCE_KIND_CPU = enum_number("ModelInstanceGroup.Kind", "KIND_CPU")
