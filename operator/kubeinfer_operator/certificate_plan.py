@@ -44,20 +44,19 @@ class LeafRequest:
 
     secret_name: str
     common_name: str
-    dns_names: tuple[str, ...]
-    server: bool
     what: str  # how the issued list names it
+    dns_names: tuple[str, ...] = ()
+    server: bool = False  # for serving (with DNS names), else for a client
 
     @classmethod
     def for_server(cls, spec: InferenceSpec, settings: Settings) -> LeafRequest:
         sans = naming.service_dns_names(spec.name, spec.namespace, settings.cluster_domain)
-        return cls(naming.server_secret_name(spec.name), naming.service_name(spec.name), tuple(sans),
-                   server=True, what="server certificate")
+        return cls(naming.server_secret_name(spec.name), naming.service_name(spec.name), "server certificate",
+                   dns_names=tuple(sans), server=True)
 
     @classmethod
     def for_client(cls, spec: InferenceSpec, client: str) -> LeafRequest:
-        return cls(naming.client_secret_name(spec.name, client), client, (),
-                   server=False, what=f"client certificate {client}")
+        return cls(naming.client_secret_name(spec.name, client), client, f"client certificate {client}")
 
 
 @dataclasses.dataclass

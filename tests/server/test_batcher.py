@@ -113,6 +113,23 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, timeout=10))
 
 
+async def held(config: BatchingConfig, clock: Clock | None = None):
+    """A batcher whose runner holds its batches, with request [0] running: (batcher, runner, that request)."""
+    execute = Recorder()
+    batcher = Batcher(config, execute, clock=clock or Clock())
+    execute.gate.clear()
+    running = asyncio.ensure_future(batcher.submit([0], rows=1))
+    await _settle()
+    return batcher, execute, running
+
+
+async def queued(batcher: Batcher, *payloads):
+    """Submit each payload as a one-row request and let them reach the queue; their futures."""
+    futures = [asyncio.ensure_future(batcher.submit(p, 1)) for p in payloads]
+    await _settle()
+    return futures
+
+
 def test_requests_of_one_loop_turn_leave_together_from_an_idle_model():
     async def scenario():
         execute = Recorder()
@@ -173,11 +190,7 @@ def test_queue_delay_expiry_dispatches_a_partial_batch():
 
 def test_full_queue_refuses_with_queue_full():
     async def scenario():
-        execute = Recorder()
-        batcher = Batcher(BatchingConfig(max_batch_size=1, max_queue_size=2, instances=1), execute, clock=Clock())
-        execute.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([0], rows=1))
-        await _settle()
+        batcher, execute, running = await held(BatchingConfig(max_batch_size=1, max_queue_size=2, instances=1))
         queued = [asyncio.ensure_future(batcher.submit([i], rows=1)) for i in (1, 2)]
         await _settle()
         with pytest.raises(QueueFull, match="queue is full"):
@@ -191,11 +204,8 @@ def test_full_queue_refuses_with_queue_full():
 
 def test_expired_deadline_is_dropped_before_compute():
     async def scenario():
-        clock, execute = Clock(), Recorder()
-        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=clock)
-        execute.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([0], rows=1))
-        await _settle()
+        clock = Clock()
+        batcher, execute, running = await held(BatchingConfig(max_batch_size=4, instances=1), clock)
         late = asyncio.ensure_future(batcher.submit([1], rows=1, deadline=clock.now + 0.01))
         on_time = asyncio.ensure_future(batcher.submit([2], rows=1, deadline=clock.now + 60))
         await _settle()
@@ -288,14 +298,8 @@ def test_a_cancelled_running_caller_leaves_the_batcher_working():
 
 def test_others_in_a_batch_are_answered_when_one_caller_is_cancelled():
     async def scenario():
-        execute = Recorder()
-        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
-        execute.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([0], 1))
-        await _settle()
-        leaver = asyncio.ensure_future(batcher.submit([1], 1))
-        other = asyncio.ensure_future(batcher.submit([2], 1))
-        await _settle()
+        batcher, execute, running = await held(BatchingConfig(max_batch_size=4, instances=1))
+        leaver, other = await queued(batcher, [1], [2])
         execute.gate.set()  # the first batch ends; the next takes both queued requests
         await running
         await _settle()
@@ -310,14 +314,8 @@ def test_others_in_a_batch_are_answered_when_one_caller_is_cancelled():
 
 def test_a_request_whose_caller_left_the_queue_is_dropped_before_compute():
     async def scenario():
-        execute = Recorder()
-        batcher = Batcher(BatchingConfig(max_batch_size=4, instances=1), execute, clock=Clock())
-        execute.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([0], 1))
-        await _settle()
-        leaver = asyncio.ensure_future(batcher.submit([1], 1))
-        other = asyncio.ensure_future(batcher.submit([2], 1))
-        await _settle()
+        batcher, execute, running = await held(BatchingConfig(max_batch_size=4, instances=1))
+        leaver, other = await queued(batcher, [1], [2])
         leaver.cancel()
         await _settle()
         execute.gate.set()
@@ -420,12 +418,7 @@ def test_an_inline_request_past_its_deadline_is_refused_before_compute():
 
 def test_close_does_not_keep_queued_requests_waiting_for_company():
     async def scenario():
-        execute = Recorder()
-        cfg = BatchingConfig(max_batch_size=8, max_queue_delay_us=10**9, instances=2)
-        batcher = Batcher(cfg, execute, clock=Clock())
-        execute.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([0], 1))
-        await _settle()
+        batcher, execute, running = await held(BatchingConfig(max_batch_size=8, max_queue_delay_us=10**9, instances=2))
         waiting = asyncio.ensure_future(batcher.submit([1], 1))  # a free instance, but waits for company
         await _settle()
         assert len(execute.batches) == 1
