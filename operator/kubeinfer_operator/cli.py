@@ -20,19 +20,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Reconciles InferenceDeployments. "
                     "Every flag also reads from the environment variable named beside it.",
     )
-    parser.add_argument("--namespace", action="append", dest="namespaces",
-                        help="watch this namespace (repeatable); default: all [KUBEINFER_NAMESPACES, comma-separated]")
-    parser.add_argument("--server-image", help="default kubeinfer-server image [KUBEINFER_SERVER_IMAGE]")
-    parser.add_argument("--cluster-domain", help="cluster DNS domain for certificate SANs [KUBEINFER_CLUSTER_DOMAIN]")
-    parser.add_argument("--certificate-duration-seconds", type=int,
-                        help="default lifetime of server and client certificates "
-                             "[KUBEINFER_CERTIFICATE_DURATION_SECONDS]")
-    parser.add_argument("--ca-duration-seconds", type=int, help="lifetime of each CA [KUBEINFER_CA_DURATION_SECONDS]")
-    parser.add_argument("--resync-seconds", type=float,
-                        help="interval of the drift-repair and certificate-renewal resync [KUBEINFER_RESYNC_SECONDS]")
+    for flag in settings.FLAGS:
+        parser.add_argument(f"--{flag.name}", dest=flag.field, type=flag.parse if not flag.repeatable else str,
+                            action="append" if flag.repeatable else "store", metavar=flag.name.upper().replace("-", "_"),
+                            help=f"{flag.help} [{flag.env}]")
     parser.add_argument("--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     return parser.parse_args(argv)
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, object]:
+    """The settings given as flags (None: not given)."""
+    values = {flag.field: getattr(args, flag.field) for flag in settings.FLAGS}
+    return {field: tuple(v) if isinstance(v, list) else v for field, v in values.items()}
 
 
 def operator_settings() -> kopf.OperatorSettings:
@@ -51,14 +51,7 @@ def operator_settings() -> kopf.OperatorSettings:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = settings.load({
-            "server_image": args.server_image,
-            "cluster_domain": args.cluster_domain,
-            "certificate_duration_seconds": args.certificate_duration_seconds,
-            "ca_duration_seconds": args.ca_duration_seconds,
-            "resync_seconds": args.resync_seconds,
-            "namespaces": tuple(args.namespaces) if args.namespaces else None,
-        })
+        config = settings.load(flag_values(args))
     except ValueError as exc:
         sys.exit(f"kubeinfer-operator: {exc}")
     kopf.configure(verbose=args.verbose)

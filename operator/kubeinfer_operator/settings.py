@@ -1,10 +1,14 @@
-"""Operator-wide settings: typed, frozen, read once from flags and the environment."""
+"""Operator-wide settings: typed, frozen, read once from flags and the environment.
+
+``FLAGS`` is the one table of them: each setting's flag and its ``KUBEINFER_*``
+variable (the chart sets the variables); a flag wins over its variable.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 DAY = 86400
 
@@ -29,34 +33,44 @@ class Settings:
             raise ValueError("resync interval must be positive")
 
 
-ENV = {
-    "server_image": "KUBEINFER_SERVER_IMAGE",
-    "cluster_domain": "KUBEINFER_CLUSTER_DOMAIN",
-    "certificate_duration_seconds": "KUBEINFER_CERTIFICATE_DURATION_SECONDS",
-    "ca_duration_seconds": "KUBEINFER_CA_DURATION_SECONDS",
-    "resync_seconds": "KUBEINFER_RESYNC_SECONDS",
-    "namespaces": "KUBEINFER_NAMESPACES",
-}
+ENV_PREFIX = "KUBEINFER_"
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One setting: the flag ``--NAME`` and the environment variable ``KUBEINFER_<FIELD>``
+    (the scheme the server's flags follow too)."""
+
+    field: str  # the Settings field it sets
+    name: str  # the flag, without the dashes
+    parse: Callable[[str], object]
+    help: str
+    repeatable: bool = False  # the flag may be given many times; the variable holds a comma-separated list
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.field.upper()
+
+
+FLAGS = (
+    Flag("namespaces", "namespace", _names, "watch this namespace (repeatable); default: all", repeatable=True),
+    Flag("server_image", "server-image", str, "default kubeinfer-server image"),
+    Flag("cluster_domain", "cluster-domain", str, "cluster DNS domain for certificate SANs"),
+    Flag("certificate_duration_seconds", "certificate-duration-seconds", int,
+         "default lifetime of server and client certificates"),
+    Flag("ca_duration_seconds", "ca-duration-seconds", int, "lifetime of each CA"),
+    Flag("resync_seconds", "resync-seconds", float, "interval of the drift-repair and certificate-renewal resync"),
+)
+ENV = {flag.field: flag.env for flag in FLAGS}
 
 
 def from_env(env: Mapping[str, str]) -> dict[str, object]:
     """The settings given in ``env``, typed, as keyword arguments for Settings."""
-    types = {f.name: f.type for f in dataclasses.fields(Settings)}
-    found: dict[str, object] = {}
-    for field, var in ENV.items():
-        raw = env.get(var)
-        if raw is None or raw == "":
-            continue
-        kind = types[field]
-        if kind == "int":
-            found[field] = int(raw)
-        elif kind == "float":
-            found[field] = float(raw)
-        elif field == "namespaces":
-            found[field] = tuple(n.strip() for n in raw.split(",") if n.strip())
-        else:
-            found[field] = raw
-    return found
+    return {flag.field: flag.parse(env[flag.env]) for flag in FLAGS if env.get(flag.env)}
 
 
 def load(overrides: Mapping[str, object] | None = None, env: Mapping[str, str] | None = None) -> Settings:

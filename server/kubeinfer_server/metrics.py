@@ -1,4 +1,5 @@
-"""Prometheus metrics: declared once, here. Names are a contract (ARCHITECTURE.md).
+"""Prometheus metrics: declared once, here. Their names are a contract with dashboards and
+the autoscaler (docs/serving.md, "Metrics and health").
 
 The request path only touches plain Python values (``ModelMetrics``: counts,
 bucket lists, sums); prometheus-client turns them into metric families when

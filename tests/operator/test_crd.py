@@ -1,7 +1,7 @@
 """The CRD: names, subresources, printer columns, and a schema that documents, bounds and checks.
 
-Covers: group/version/kind/plural/short name as ARCHITECTURE.md fixes them;
-status and scale subresources; printer columns; every spec field has a
+Covers: group/version/kind/plural/short name as the API contract fixes them
+(README, "InferenceDeployment: every field"); status and scale subresources; printer columns; every spec field has a
 description; every number has bounds, every string a maxLength/enum/pattern
 bound, every list a maxItems, every map a maxProperties; the contract's field
 names exist; defaults; the CEL rules with their messages; every default the

@@ -2,7 +2,8 @@
 
 Covers: defaults; values from KUBEINFER_* environment variables, typed;
 flags win over the environment; invalid durations are refused; the CLI's
-flags parse into the settings it runs with.
+flags (built from the same table as the variables) parse into the settings it
+runs with, over the environment's.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def test_cli_flags():
     assert args.server_image == "x/y:1"
     assert args.resync_seconds == 3.0
     assert args.certificate_duration_seconds == 7200
+    config = settings.load(cli.flag_values(args), env={"KUBEINFER_NAMESPACES": "c", "KUBEINFER_CLUSTER_DOMAIN": "x.y"})
+    assert config.namespaces == ("a", "b") and config.server_image == "x/y:1" and config.cluster_domain == "x.y"
 
 
 def test_kopf_progress_lives_in_annotations():
