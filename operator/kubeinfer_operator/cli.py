@@ -21,9 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "Every flag also reads from the environment variable named beside it.",
     )
     for flag in settings.FLAGS:
-        parser.add_argument(f"--{flag.name}", dest=flag.field, type=flag.parse if not flag.repeatable else str,
-                            action="append" if flag.repeatable else "store", metavar=flag.name.upper().replace("-", "_"),
-                            help=f"{flag.help} [{flag.env}]")
+        parser.add_argument(f"--{flag.name}", dest=flag.field, type=str if flag.repeatable else flag.parse,
+                            action="append" if flag.repeatable else "store",
+                            metavar=flag.name.upper().replace("-", "_"), help=f"{flag.help} [{flag.env}]")
     parser.add_argument("--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     return parser.parse_args(argv)
