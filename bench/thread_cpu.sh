@@ -5,7 +5,8 @@
 # so their threads compare directly. Used for bench/RESULTS.md ("Why concurrency 64 ...").
 #
 # Usage: bench/thread_cpu.sh MODEL.onnx CONCURRENCY [server|echo] [extra kubeinfer-server flags...]
-#   env BATCH (rows per request, default 1), STREAM=--streaming, EVENT_LOOP (echo only, default auto)
+#   env BATCH (rows per request, default 1), STREAM=--streaming, ASYNC=-a (perf_analyzer's async
+#   mode: at concurrency 1 it also keeps one request in flight), EVENT_LOOP (echo only, default auto)
 # Needs `make venv perf-analyzer`. Loopback only; everything it starts is stopped at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ else
   for _ in $(seq 300); do curl -sf "localhost:$MPORT/readyz" > /dev/null && break; sleep 0.1; done
 fi
 bench/perf_analyzer -m m -i grpc -u "127.0.0.1:$PORT" --concurrency-range "$CONC" -b "${BATCH:-1}" \
-  --measurement-mode time_windows -p 2000 -s 10000 -r 3 ${STREAM:-} > "$WORK/pa.log" 2>&1 &
+  --measurement-mode time_windows -p 2000 -s 10000 -r 3 ${STREAM:-} ${ASYNC:-} > "$WORK/pa.log" 2>&1 &
 PA=$!
 snap() { for t in /proc/$PID/task/*; do echo "$(basename "$t") $(tr ' ' _ < "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done; }
 sleep 2; snap > "$WORK/t0"; sleep 3; snap > "$WORK/t1"

@@ -90,7 +90,7 @@ class Server:
             )
         await self._set_health(NOT_SERVING)
         try:
-            await asyncio.to_thread(self._load_models)
+            self._serve_models(await asyncio.to_thread(self._load_models))
             log.info("Froze %d startup objects out of the garbage collector's sight", freeze_startup_heap())
             self.repository.ready = True
             await self._set_health(SERVING)
@@ -123,12 +123,21 @@ class Server:
         await self.repository.close()
         log.info("Stopped")
 
-    def _load_models(self) -> None:
+    def _load_models(self) -> list[Model]:
+        """Load and warm up every model (in a thread: it takes seconds to minutes)."""
+        models = []
         for source in self.settings.models:
             model = Model(source.name, source.path, self.settings.model_options)
             model.warm_up()
-            account = self.accounting.open(model.name, ",".join(model.providers), self.settings.batching.instances)
-            self.repository.models[source.name] = ServedModel(model, self.settings.batching, account)
+            models.append(model)
+        return models
+
+    def _serve_models(self, models: list[Model]) -> None:
+        """Put the loaded models in the repository, on the event loop that reads it."""
+        instances = self.settings.batching.instances
+        for model in models:
+            account = self.accounting.open(model.name, ",".join(model.providers), instances)
+            self.repository.models[model.name] = ServedModel(model, self.settings.batching, account)
 
     async def _set_health(self, status) -> None:
         await self.health.set("", status)
