@@ -21,12 +21,13 @@ import bisect
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (
@@ -129,6 +130,30 @@ class Metrics:
         }
 
 
+@dataclass
+class _Totals:
+    """Snapshots summed: gauges and histograms by model, request counts by label values."""
+
+    gauges: dict[str, dict[str, float]] = field(default_factory=lambda: {a: {} for a in GAUGES})
+    histograms: dict[str, dict[str, list[Any]]] = field(default_factory=lambda: {a: {} for a in HISTOGRAMS})
+    requests: dict[tuple[str, ...], float] = field(default_factory=dict)
+    info: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def add(self, snapshot: dict[str, Any], live: bool) -> None:
+        for m in snapshot["models"]:
+            name = m["model"]
+            self.info[(name, m["providers"], str(m["instances"]))] = 1.0
+            for attribute, value in m["gauges"].items():
+                gauge = self.gauges[attribute]
+                gauge[name] = gauge.get(name, 0) + (value if live else 0)
+            for attribute, (counts, total) in m["histograms"].items():
+                merged = self.histograms[attribute].setdefault(name, [[0] * len(counts), 0.0])
+                merged[0] = [a + b for a, b in zip(merged[0], counts, strict=True)]
+                merged[1] += total
+        for *key, count in snapshot["requests"]:
+            self.requests[tuple(key)] = self.requests.get(tuple(key), 0) + count
+
+
 class Collector:
     """Builds the metric families from snapshots: one process's, or every worker's summed
     (``live`` says, per snapshot, whether its gauges still count)."""
@@ -137,46 +162,48 @@ class Collector:
         self._snapshots = snapshots
         self._live = live
 
-    def collect(self):
-        gauges: dict[str, dict[str, float]] = {a: {} for a in GAUGES}
-        histograms: dict[str, dict[str, list]] = {a: {} for a in HISTOGRAMS}
-        requests: dict[tuple[str, ...], float] = {}
-        info: dict[tuple[str, str, str], float] = {}
+    def collect(self) -> Iterator[Metric]:
+        totals = _Totals()
         for snapshot in self._snapshots():
-            live = self._live(snapshot)
-            for m in snapshot["models"]:
-                name = m["model"]
-                info[(name, m["providers"], str(m["instances"]))] = 1.0
-                for attribute, value in m["gauges"].items():
-                    gauges[attribute][name] = gauges[attribute].get(name, 0) + (value if live else 0)
-                for attribute, (counts, total) in m["histograms"].items():
-                    merged = histograms[attribute].setdefault(name, [[0] * len(counts), 0.0])
-                    merged[0] = [a + b for a, b in zip(merged[0], counts, strict=True)]
-                    merged[1] += total
-            for *key, count in snapshot["requests"]:
-                requests[tuple(key)] = requests.get(tuple(key), 0) + count
-        for attribute, (name, documentation) in GAUGES.items():
-            family = GaugeMetricFamily(name, documentation, labels=["model"])
-            for model, value in gauges[attribute].items():
-                family.add_metric([model], value)
-            yield family
-        family = CounterMetricFamily(*REQUESTS, labels=["model", "code", "client"])
-        for key, count in requests.items():
-            family.add_metric(list(key), count)
+            totals.add(snapshot, self._live(snapshot))
+        yield from _gauge_families(totals)
+        yield _requests_family(totals)
+        yield from _histogram_families(totals)
+        yield _info_family(totals)
+
+
+def _gauge_families(totals: _Totals) -> Iterator[GaugeMetricFamily]:
+    for attribute, (name, documentation) in GAUGES.items():
+        family = GaugeMetricFamily(name, documentation, labels=["model"])
+        for model, value in totals.gauges[attribute].items():
+            family.add_metric([model], value)
         yield family
-        for attribute, (name, documentation, bounds) in HISTOGRAMS.items():
-            family = HistogramMetricFamily(name, documentation, labels=["model"])
-            for model, (counts, total) in histograms[attribute].items():
-                cumulative, buckets = 0, []
-                for bound, count in zip([*bounds, float("inf")], counts, strict=True):
-                    cumulative += count
-                    buckets.append((floatToGoString(float(bound)), cumulative))
-                family.add_metric([model], buckets, total)
-            yield family
-        family = GaugeMetricFamily(*MODEL_INFO, labels=["model", "providers", "instances"])
-        for key, value in info.items():
-            family.add_metric(list(key), value)
+
+
+def _requests_family(totals: _Totals) -> CounterMetricFamily:
+    family = CounterMetricFamily(*REQUESTS, labels=["model", "code", "client"])
+    for key, count in totals.requests.items():
+        family.add_metric(list(key), count)
+    return family
+
+
+def _histogram_families(totals: _Totals) -> Iterator[HistogramMetricFamily]:
+    for attribute, (name, documentation, bounds) in HISTOGRAMS.items():
+        family = HistogramMetricFamily(name, documentation, labels=["model"])
+        for model, (counts, total) in totals.histograms[attribute].items():
+            cumulative, buckets = 0, []
+            for bound, count in zip([*bounds, float("inf")], counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(float(bound)), cumulative))
+            family.add_metric([model], buckets, total)
         yield family
+
+
+def _info_family(totals: _Totals) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(*MODEL_INFO, labels=["model", "providers", "instances"])
+    for key, value in totals.info.items():
+        family.add_metric(list(key), value)
+    return family
 
 
 # --- --workers: one snapshot file per worker, summed by the parent -------------------------
