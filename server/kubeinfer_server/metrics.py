@@ -21,10 +21,10 @@ import bisect
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -166,24 +166,21 @@ class Collector:
         totals = _Totals()
         for snapshot in self._snapshots():
             totals.add(snapshot, self._live(snapshot))
-        yield from _gauge_families(totals)
-        yield _requests_family(totals)
+        for attribute, (name, documentation) in GAUGES.items():
+            by_model = (((model,), value) for model, value in totals.gauges[attribute].items())
+            yield _family(GaugeMetricFamily(name, documentation, labels=["model"]), by_model)
+        yield _family(CounterMetricFamily(*REQUESTS, labels=["model", "code", "client"]), totals.requests.items())
         yield from _histogram_families(totals)
-        yield _info_family(totals)
+        yield _family(GaugeMetricFamily(*MODEL_INFO, labels=["model", "providers", "instances"]), totals.info.items())
 
 
-def _gauge_families(totals: _Totals) -> Iterator[GaugeMetricFamily]:
-    for attribute, (name, documentation) in GAUGES.items():
-        family = GaugeMetricFamily(name, documentation, labels=["model"])
-        for model, value in totals.gauges[attribute].items():
-            family.add_metric([model], value)
-        yield family
+FamilyT = TypeVar("FamilyT", GaugeMetricFamily, CounterMetricFamily)
 
 
-def _requests_family(totals: _Totals) -> CounterMetricFamily:
-    family = CounterMetricFamily(*REQUESTS, labels=["model", "code", "client"])
-    for key, count in totals.requests.items():
-        family.add_metric(list(key), count)
+def _family(family: FamilyT, values: Iterable[tuple[Sequence[str], float]]) -> FamilyT:
+    """``family`` with one sample per (label values, value)."""
+    for labels, value in values:
+        family.add_metric(list(labels), value)
     return family
 
 
@@ -197,13 +194,6 @@ def _histogram_families(totals: _Totals) -> Iterator[HistogramMetricFamily]:
                 buckets.append((floatToGoString(float(bound)), cumulative))
             family.add_metric([model], buckets, total)
         yield family
-
-
-def _info_family(totals: _Totals) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(*MODEL_INFO, labels=["model", "providers", "instances"])
-    for key, value in totals.info.items():
-        family.add_metric(list(key), value)
-    return family
 
 
 # --- --workers: one snapshot file per worker, summed by the parent -------------------------

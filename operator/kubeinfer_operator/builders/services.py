@@ -22,30 +22,21 @@ def _port(name: str, port: int, app_protocol: str) -> dict[str, Any]:
     return {"name": name, "port": port, "targetPort": name, "protocol": "TCP", "appProtocol": app_protocol}
 
 
-def build_service(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any]:
+def _service(spec: InferenceSpec, owner: dict[str, Any], name: str, ports: list[dict[str, Any]],
+             **fields: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": child_metadata(spec, naming.service_name(spec.name), owner),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": naming.selector_labels(spec.name),
-            "ports": [_port("grpc", naming.GRPC_PORT, "grpc")],
-        },
+        "metadata": child_metadata(spec, name, owner),
+        "spec": {**fields, "selector": naming.selector_labels(spec.name), "ports": ports},
     }
+
+
+def build_service(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any]:
+    return _service(spec, owner, naming.service_name(spec.name), [_port("grpc", naming.GRPC_PORT, "grpc")],
+                    type="ClusterIP")
 
 
 def build_headless_service(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": child_metadata(spec, naming.headless_service_name(spec.name), owner),
-        "spec": {
-            "clusterIP": "None",
-            "selector": naming.selector_labels(spec.name),
-            "ports": [
-                _port("grpc", naming.GRPC_PORT, "grpc"),
-                _port("metrics", naming.METRICS_PORT, "http"),
-            ],
-        },
-    }
+    ports = [_port("grpc", naming.GRPC_PORT, "grpc"), _port("metrics", naming.METRICS_PORT, "http")]
+    return _service(spec, owner, naming.headless_service_name(spec.name), ports, clusterIP="None")
