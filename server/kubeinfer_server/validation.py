@@ -43,7 +43,6 @@ class Signature:
 
     def __init__(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], batched: bool) -> None:
         self.inputs = {spec.name: spec for spec in inputs}
-        self.outputs = tuple(outputs)
         self.batched = batched
         self._output_index = {spec.name: i for i, spec in enumerate(outputs)}
         self._every_output = list(range(len(outputs)))
