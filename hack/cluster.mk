@@ -18,9 +18,11 @@ cluster-up: venv cluster-build
 	@$(PY) -m localcluster up
 
 # The pod runner, Prometheus and the adapter (python -m e2ekit down) stop first. Without the
-# venv, the system Python runs localcluster from hack/ (its down needs nothing but the stdlib).
+# venv, the system Python runs localcluster from hack/ (its down needs nothing but the stdlib);
+# the control plane goes down even when the e2e stack could not be reached (a venv from before
+# the dev package).
 cluster-down:
-	@$(if $(wildcard $(PY)),$(PY) -m e2ekit down && $(PY) -m localcluster down,cd hack && $(PYTHON) -m localcluster down)
+	@$(if $(wildcard $(PY)),$(PY) -m e2ekit down; $(PY) -m localcluster down,cd hack && $(PYTHON) -m localcluster down)
 
 cluster-status:
 	@$(PY) -m localcluster status

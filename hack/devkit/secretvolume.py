@@ -56,4 +56,4 @@ def write_secret_volume(directory: Path | str, files: Mapping[str, bytes], mode:
 
 def rotate_secret_volume(directory: Path | str, files: Mapping[str, bytes], mode: int = 0o644) -> None:
     """Swap in new contents in one atomic rename, as the kubelet does when the Secret changes."""
-    write_atomic(Path(directory), {name: (content, mode) for name, content in files.items()})
+    write_secret_volume(directory, files, mode)

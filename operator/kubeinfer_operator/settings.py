@@ -65,7 +65,6 @@ FLAGS = (
     Flag("ca_duration_seconds", "ca-duration-seconds", int, "lifetime of each CA"),
     Flag("resync_seconds", "resync-seconds", float, "interval of the drift-repair and certificate-renewal resync"),
 )
-ENV = {flag.field: flag.env for flag in FLAGS}
 
 
 def from_env(env: Mapping[str, str]) -> dict[str, object]:

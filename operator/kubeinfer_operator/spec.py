@@ -239,13 +239,11 @@ def _autoscaling(raw: Any) -> Autoscaling | None:
         return None
     scaling = Autoscaling(
         min_replicas=_int(raw, "autoscaling.minReplicas"),
-        max_replicas=_optional_int(raw, "autoscaling.maxReplicas") or 0,
+        max_replicas=_int(raw, "autoscaling.maxReplicas"),
         target_queue_depth=_int(raw, "autoscaling.targetQueueDepth"),
         scale_up_stabilization_seconds=_int(raw, "autoscaling.scaleUpStabilizationSeconds"),
         scale_down_stabilization_seconds=_int(raw, "autoscaling.scaleDownStabilizationSeconds"),
     )
-    if scaling.max_replicas < 1:
-        raise SpecError("autoscaling.maxReplicas must be set")
     if scaling.min_replicas > scaling.max_replicas:
         raise SpecError("autoscaling.minReplicas must be at most autoscaling.maxReplicas")
     if raw.get("engine", DEFAULT_ENGINE) not in ENGINES:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from chart.chartkit import CHART, value_args
 
 import localcluster
+from chart.chartkit import CHART, value_args
 from support.reports import on_failure
 
 

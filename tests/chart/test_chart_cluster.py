@@ -19,6 +19,7 @@ import json
 
 import pytest
 import yaml
+
 from chart.chartkit import CHART, unique, value_args
 
 pytestmark = pytest.mark.cluster

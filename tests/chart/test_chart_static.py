@@ -5,12 +5,12 @@ Covers:
 - every rendered object carries the app.kubernetes.io/* labels and helm.sh/chart;
   one resource kind per template file;
 - the operator Deployment: one replica, Recreate, pinned image (digest wins),
-  the operator's own settings env names (kubeinfer_operator.settings.ENV), the
+  the operator's own settings env names (kubeinfer_operator.settings.FLAGS), the
   watched namespaces, the liveness endpoint, non-root security context;
 - RBAC: no wildcards anywhere; cluster-wide mode is one ClusterRole; namespaced
   mode grants namespaced verbs only through Roles in the watched namespaces and
   keeps the ClusterRole to list/watch of Namespaces and CRDs; every kind the
-  operator applies or watches (builders.CHILD_KINDS, handlers.WATCHED_CHILDREN)
+  operator applies or watches (kinds.CHILDREN, handlers.WATCHED_CHILDREN)
   has exactly the verbs its code uses; rbac.create / serviceAccount.create off;
 - PodMonitor only when monitoring.coreos.com/v1 is served; the prometheus-adapter
   rule names the metric the HPAs ask for (naming.QUEUE_DEPTH_METRIC);
@@ -25,9 +25,9 @@ import re
 
 import pytest
 import yaml
-from chart.chartkit import CHART, REPO, of_kind, rbac_denials, value_args
 
-from kubeinfer_operator import builders, handlers, kube, naming, settings
+from chart.chartkit import CHART, REPO, of_kind, rbac_denials, value_args
+from kubeinfer_operator import handlers, kinds, naming, settings
 
 LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
           "app.kubernetes.io/managed-by", "app.kubernetes.io/component", "helm.sh/chart")
@@ -100,9 +100,9 @@ def test_one_kind_per_template_file_named_by_kind(render):
     objects = render(NON_DEFAULT, api_versions=("monitoring.coreos.com/v1",))
     for path in sorted((CHART / "templates").glob("*.yaml")):
         text = path.read_text()
-        kinds = set(re.findall(r"^kind: (\w+)$", text, re.MULTILINE))
-        assert len(kinds) == 1, f"{path.name} holds {kinds}"
-        assert path.stem.split("-")[0] == kinds.pop().lower(), path.name
+        found = set(re.findall(r"^kind: (\w+)$", text, re.MULTILINE))
+        assert len(found) == 1, f"{path.name} holds {found}"
+        assert path.stem.split("-")[0] == found.pop().lower(), path.name
     assert {o["kind"] for o in objects} >= {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                                            "Role", "RoleBinding", "PodMonitor", "ConfigMap"}
 
@@ -130,7 +130,7 @@ def test_operator_deployment_defaults(render):
 def test_env_names_are_the_operators_settings(render):
     """Every env var the chart sets is one the operator reads, and the operator accepts the values."""
     env = env_of(deployment(render(NON_DEFAULT)))
-    assert set(env) <= set(settings.ENV.values())
+    assert set(env) <= {flag.env for flag in settings.FLAGS}
     loaded = settings.load(env=env)
     assert loaded.namespaces == ("team-a", "team-b")
     assert loaded.server_image == "registry.example.com/kubeinfer/server-gpu:0.1.0"
@@ -168,13 +168,9 @@ def test_rbac_has_no_wildcards(render):
 
 def expected_namespaced_grants() -> dict[tuple[str, str], set[str]]:
     """What the operator's code calls, derived from the code's own tables."""
-    def group_resource(api_version: str, kind: str) -> tuple[str, str]:
-        group = api_version.rpartition("/")[0]
-        return group, kube.RESOURCES[(api_version, kind)][1]
-
     expected: dict[tuple[str, str], set[str]] = {}
-    for api_version, kind in builders.CHILD_KINDS:  # observe, apply (create), check names, prune
-        expected[group_resource(api_version, kind)] = set(CHILD_VERBS)
+    for kind in kinds.CHILDREN:  # observe, apply (create), check names, prune
+        expected[(kind.group, kind.plural)] = set(CHILD_VERBS)
     for group, _version, plural in handlers.WATCHED_CHILDREN:  # kopf watches these
         expected.setdefault((group, plural), set()).update({"list", "watch"})
     expected[(naming.GROUP, naming.PLURAL)] = {"get", "list", "watch", "patch"}

@@ -21,6 +21,7 @@ import re
 import tomllib
 
 import pytest
+
 from chart.chartkit import REPO
 
 IMAGES = REPO / "images"

@@ -31,6 +31,7 @@ import json
 import time
 
 import pytest
+
 from chart.chartkit import CHART, OperatorRun, rbac_denials, unique, value_args
 
 pytestmark = pytest.mark.cluster

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from e2e.test_serving import apply, condition, infd
 
+from e2e.test_serving import apply, condition, infd
 from e2ekit.clients import Load, get_json, served_by, write_secret
 from podrunner import testhost
 

@@ -16,8 +16,8 @@ import time
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from e2e.test_serving import apply, condition, infd
 
+from e2e.test_serving import apply, condition, infd
 from e2ekit.clients import Load, batch, client, get_json, infer, presented_cert, ready_addresses, write_secret
 from podrunner import testhost
 

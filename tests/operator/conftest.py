@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from devkit.processes import spawn, terminate
 from kubeinfer_operator import spec as specmod
 from kubeinfer_operator.settings import Settings
 
@@ -64,24 +65,17 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(OPERATOR), "--namespace", self.namespace, "--resync-seconds", str(self.resync_seconds),
-             "--server-image", "example.invalid/kubeinfer-server:test"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-        log.close()
+        self.proc = spawn([str(OPERATOR), "--namespace", self.namespace, "--resync-seconds", str(self.resync_seconds),
+                           "--server-image", "example.invalid/kubeinfer-server:test"], self.log_path, env=env)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop it with SIGTERM (SIGKILL after 20 s), or with ``sig`` at once (SIGKILL: a crash)."""
+        if self.proc is None:
             return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        if sig != signal.SIGTERM and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        terminate(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

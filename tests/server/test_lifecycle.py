@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,11 +121,11 @@ def _live(client) -> bool:
 
 
 def test_calls_while_the_models_load_answer_unavailable(tmp_path):
-    model_bytes = open(linear(tmp_path / "linear.onnx"), "rb").read()
+    model_bytes = Path(linear(tmp_path / "linear.onnx")).read_bytes()
     fifo = tmp_path / "model.onnx"
     os.mkfifo(fifo)  # the server's load blocks reading it until the test writes the model
     port = free_port()
-    server = ServerProcess(f"--model=m={fifo}", f"--grpc-port={port}")
+    server = ServerProcess(f"--model=m={fifo}", grpc_port=port)
     server.launch()
     writer = threading.Thread(target=fifo.write_bytes, args=(model_bytes,), daemon=True)
     try:

@@ -1,6 +1,7 @@
 """A real ``kubeinfer-server serve`` process on loopback, for the server tests.
 
-``ServerProcess`` starts the console script with port 0 for both ports, waits
+``ServerProcess`` starts the console script with port 0 for both ports (or a
+given gRPC port), waits
 (with a deadline) for the line that names the bound ports, and stops the
 process with SIGTERM (then SIGKILL) so nothing outlives a test.
 """
@@ -16,13 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from devkit.processes import spawn
+
 BIN = Path(sys.executable).parent / "kubeinfer-server"
 READY = re.compile(r"Serving .* on gRPC port (\d+), metrics port (\d+)")
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0) -> None:
-        self.args = ["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", *args]
+    def __init__(self, *args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0,
+                 grpc_port: int = 0) -> None:
+        self.args = ["serve", "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--metrics-port", "0", *args]
         self.env = {**os.environ, **(env or {})}
         self.startup_timeout = startup_timeout
         self.log_path = Path(tempfile.mkstemp(prefix="kubeinfer-server-", suffix=".log")[1])
@@ -56,9 +60,7 @@ class ServerProcess:
 
     def launch(self) -> subprocess.Popen:
         """Start the process and return at once (``start`` also waits until it serves)."""
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([str(BIN), *self.args], stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, start_new_session=True)
+        self.proc = spawn([str(BIN), *self.args], self.log_path, env=self.env)
         return self.proc
 
     def terminate(self) -> None:

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeinfer_operator import kinds
 from kubeinfer_operator.builders.deployment import build_deployment
 from kubeinfer_operator.builders.scaling import build_hpa, build_pdb
 from kubeinfer_operator.builders.services import build_headless_service, build_service
 from kubeinfer_operator.builders.tls_secrets import build_tls_objects
 from kubeinfer_operator.certificate_plan import TlsMaterial
 from kubeinfer_operator.spec import InferenceSpec
-
-# (apiVersion, kind) of what the operator creates, in apply order: see kinds.CHILDREN.
-CHILD_KINDS = tuple((k.api_version, k.kind) for k in kinds.CHILDREN)
 
 
 def desired_children(
@@ -36,4 +32,4 @@ def desired_children(
     return [c for c in candidates if c is not None]
 
 
-__all__ = ["CHILD_KINDS", "desired_children"]
+__all__ = ["desired_children"]
