@@ -50,18 +50,17 @@ class Model:
     name: str
     uri: str
     sha256: str | None
+    pvc: tuple[str, str] | None  # (claim, path) of a pvc:// uri, parsed once
 
     @property
     def pvc_claim(self) -> str | None:
         """The claim of a ``pvc://CLAIM/path`` URI, else None."""
-        pvc = parse_pvc_uri(self.uri)
-        return pvc[0] if pvc else None
+        return self.pvc[0] if self.pvc else None
 
     @property
     def pvc_path(self) -> str | None:
         """The path inside the claim of a ``pvc://CLAIM/path`` URI, else None."""
-        pvc = parse_pvc_uri(self.uri)
-        return pvc[1] if pvc else None
+        return self.pvc[1] if self.pvc else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +173,9 @@ def _model(default_name: str, raw: Mapping[str, Any]) -> Model:
     uri = raw.get("uri")
     if not isinstance(uri, str) or "://" not in uri:
         raise SpecError("model.uri must be a URI such as s3://bucket/model.onnx or pvc://CLAIM/path")
-    model = Model(name=str(raw.get("name") or default_name), uri=uri, sha256=raw.get("sha256"))
-    if parse_pvc_uri(uri) is not None and model.sha256:
+    model = Model(name=str(raw.get("name") or default_name), uri=uri, sha256=raw.get("sha256"),
+                  pvc=parse_pvc_uri(uri))
+    if model.pvc is not None and model.sha256:
         raise SpecError("model.sha256 must not be set for a pvc:// uri")
     return model
 
