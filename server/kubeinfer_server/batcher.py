@@ -87,8 +87,9 @@ def plan(rows: Sequence[int], oldest_wait_s: float, busy: int, config: BatchingC
 class Runner(Protocol):
     """How the batcher runs a batch: payloads in, one result (or exception) per payload out."""
 
-    async def run(self, payloads: Sequence[Any]) -> Sequence[Any]:
-        """Off the event loop (the serving core: on an instance's thread)."""
+    async def run(self, payloads: Sequence[Any], waits_s: Sequence[float]) -> Sequence[Any]:
+        """Off the event loop (the serving core: on an instance's thread); ``waits_s``: how
+        long each request waited in the queue."""
 
     def run_here(self, payloads: Sequence[Any]) -> Sequence[Any]:
         """On the event loop, for a lone request the inline policy let through."""
@@ -189,7 +190,7 @@ class Batcher:
             head = itertools.islice(self._queue, self.config.max_batch_size + 1)
             decision = plan([p.rows for p in head], oldest, self._busy, self.config)
             if decision.take:
-                self._start_batch(self._pop(decision.take, now))
+                self._start_batch(self._pop(decision.take, now), now)
                 continue
             if decision.wait_s is not None and self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(decision.wait_s, self._on_timer)
@@ -214,17 +215,17 @@ class Batcher:
             batch.append(pending)
         return batch
 
-    def _start_batch(self, batch: list[Pending]) -> None:
+    def _start_batch(self, batch: list[Pending], now: float) -> None:
         if not batch:
             return
         self._busy += 1
-        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch, [now - p.enqueued_at for p in batch]))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run_batch(self, batch: list[Pending]) -> None:
+    async def _run_batch(self, batch: list[Pending], waits_s: list[float]) -> None:
         try:
-            results = await self._runner.run([p.payload for p in batch])
+            results = await self._runner.run([p.payload for p in batch], waits_s)
         except Exception as exc:  # a failed batch fails every request in it
             results = [exc] * len(batch)
         finally:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,14 +54,6 @@ class InferResult:
     batch_rows: int  # rows in the batch this request ran in
 
 
-@dataclass(slots=True)
-class _Queued:
-    """What the batcher carries for one request: its arrays and when it arrived."""
-
-    feeds: Feeds
-    arrived: float  # time.monotonic()
-
-
 class ServedModel:
     """One model as the server serves it: signature, batcher, instance threads, accounting."""
 
@@ -93,8 +84,7 @@ class ServedModel:
         live = self.account.live
         live.in_flight += 1
         try:
-            outputs, batch_rows = await self.batcher.submit(
-                _Queued(feeds, time.monotonic()), feeds.rows, request.deadline)
+            outputs, batch_rows = await self.batcher.submit(feeds, feeds.rows, request.deadline)
         finally:
             live.in_flight -= 1
         specs = self.model.outputs
@@ -105,21 +95,15 @@ class ServedModel:
         self._threads.close()
 
     # --- batcher.Runner: called by the batcher on the event loop -------------------
-    async def run(self, batch: Sequence[_Queued]) -> list[tuple[list[np.ndarray], int]]:
+    async def run(self, batch: Sequence[Feeds], waits_s: Sequence[float]) -> list[tuple[list[np.ndarray], int]]:
         """A batch off the event loop, on a free instance's thread."""
-        self._dispatched(batch)
-        ran = await self._threads.run([queued.feeds for queued in batch])
-        return self._answers(ran, len(batch))
+        self.account.dispatched(waits_s)
+        return self._answers(await self._threads.run(batch), len(batch))
 
-    def run_here(self, batch: Sequence[_Queued]) -> list[tuple[list[np.ndarray], int]]:
-        """A batch on the event loop: the batcher calls this only when the model is idle."""
-        self._dispatched(batch)
-        ran = self._executor.run([queued.feeds for queued in batch], self._threads.idle_instance)
-        return self._answers(ran, len(batch))
-
-    def _dispatched(self, batch: Sequence[_Queued]) -> None:
-        now = time.monotonic()
-        self.account.dispatched([now - queued.arrived for queued in batch])
+    def run_here(self, batch: Sequence[Feeds]) -> list[tuple[list[np.ndarray], int]]:
+        """A batch on the event loop: the batcher calls this only when the model is idle (no wait)."""
+        self.account.dispatched([0.0] * len(batch))
+        return self._answers(self._executor.run(batch, self._threads.idle_instance), len(batch))
 
     def _answers(self, ran: Ran, requests: int) -> list[tuple[list[np.ndarray], int]]:
         self.account.batch_ran(ran, requests)

@@ -88,12 +88,14 @@ class Recorder:
     def __init__(self, fail_with: Exception | None = None) -> None:
         self.batches: list[list] = []  # run off the loop
         self.inline_batches: list[list] = []  # run on the loop
+        self.waits: list[list[float]] = []  # queue waits the batcher reported with each batch
         self.fail_with = fail_with
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def run(self, payloads):
+    async def run(self, payloads, waits_s):
         self.batches.append(list(payloads))
+        self.waits.append(list(waits_s))
         await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
@@ -181,6 +183,7 @@ def test_queue_delay_expiry_dispatches_a_partial_batch():
         await asyncio.sleep(0.002)  # the batcher's timer (real time) fires and sees the delay passed
         await _settle()
         assert len(execute.batches) == 2
+        assert execute.waits == [[0.0], [pytest.approx(0.0005)]]  # by the batcher's clock
         execute.gate.set()
         await asyncio.gather(busy, waiting)
         await batcher.close()
