@@ -32,6 +32,7 @@ lint: venv
 
 include hack/cluster.mk
 include hack/e2e.mk
+include hack/images.mk
 
 # The whole suite: unit, server, cluster, operator, chart and end-to-end (builds the control
 # plane and the metrics adapter into ~/.cache/kubeinfer on first use; installs Prometheus).

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/e2e_bench.py [--steady-seconds 300] [--markdown bench/RESULTS.md] [--keep-stack]
 
-Needs root (the pod runner makes network namespaces) and the e2e stack's pieces
-(``make e2e-deps``). It brings up (or reuses) the local cluster, the pod runner,
+Needs root (the real node runs containers) and the e2e stack's pieces
+(``make e2e-deps``). It brings up (or reuses) the local cluster with its real node,
 Prometheus, prometheus-adapter and the model store (``make e2e-up``), helm-installs the
-chart with the operator on the runner node, applies one InferenceDeployment with
+chart with the operator on the real node, applies one InferenceDeployment with
 autoscaling (min 1, max 3, target queue depth 4, scale-down window 20 s, mTLS) and
 measures:
 
@@ -59,9 +59,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 import monitoring
 from devkit.models import make_mlp
+from devkit.processes import running_pid
 from e2ekit.clients import (
     DIRECT,
-    RUNNER_PLACEMENT,
+    NODE_PLACEMENT,
     Load,
     batch,
     client,
@@ -71,9 +72,9 @@ from e2ekit.clients import (
     served_by,
     write_secret,
 )
-from e2ekit.stack import store_pid
+from e2ekit.stack import STORE_PID, store_url
 from localcluster import Cluster
-from podrunner import service, testhost
+from localcluster.nodeconfig import NAME as NODE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,8 +151,8 @@ class Kube:
 
 def stack_state(cluster: Cluster) -> dict[str, bool]:
     workdir = cluster.workdir
-    return {"cluster": cluster.readyz(), "runner": service.pid(workdir) is not None,
-            "monitoring": all(monitoring.running(workdir).values()), "model store": store_pid(workdir) is not None}
+    return {"cluster": cluster.readyz(), "monitoring": all(monitoring.running(workdir).values()),
+            "model store": running_pid(workdir / STORE_PID) is not None}
 
 
 def make(target: str, timeout: float) -> None:
@@ -282,17 +283,17 @@ def failures_summary(failures: list) -> str:
 
 
 # -- the benchmark ----------------------------------------------------------------------
-def infd_manifest(ns: str, duration: int) -> dict:
+def infd_manifest(ns: str, duration: int, uri: str) -> dict:
     return {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceDeployment",
             "metadata": {"name": NAME, "namespace": ns},
-            "spec": {"model": {"uri": testhost.store_url(MODEL_FILE)},
+            "spec": {"model": {"uri": uri},
                      "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
                      "autoscaling": {"minReplicas": MIN_REPLICAS, "maxReplicas": MAX_REPLICAS,
                                      "targetQueueDepth": TARGET_QUEUE_DEPTH,
                                      "scaleDownStabilizationSeconds": SCALE_DOWN_WINDOW},
                      "tls": {"mode": "Mutual", "clients": [{"name": "load"}],
                              "certificateDurationSeconds": duration},
-                     **RUNNER_PLACEMENT}}
+                     **NODE_PLACEMENT}}
 
 
 def infd_ready(kube: Kube, ns: str) -> bool:
@@ -304,7 +305,7 @@ def infd_ready(kube: Kube, ns: str) -> bool:
 def operator_ready(kube: Kube, ns: str) -> bool:
     for pod in (kube.get(f"/api/v1/namespaces/{ns}/pods") or {"items": []})["items"]:
         conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
-        if pod["spec"].get("nodeName") == "kubeinfer-runner-0" and conds.get("Ready") == "True":
+        if pod["spec"].get("nodeName") == NODE and conds.get("Ready") == "True":
             return True
     return False
 
@@ -534,8 +535,8 @@ def markdown(res: Results, header: str, args) -> str:
         BEGIN, SECTION,
         f"Written by `bench/e2e_bench.py` (`.venv/bin/python bench/e2e_bench.py --steady-seconds "
         f"{args.steady_seconds:g} --markdown ...`). {header}",
-        "Real control plane, the chart's operator pod and kubeinfer-server pods run by the pod runner "
-        "(hack/podrunner), Prometheus + prometheus-adapter feeding the operator's HPA "
+        "Real control plane, the chart's operator pod and kubeinfer-server pods run as containers by the "
+        "real node's kubelet, Prometheus + prometheus-adapter feeding the operator's HPA "
         f"(min {MIN_REPLICAS}, max {MAX_REPLICAS}, target queue depth {TARGET_QUEUE_DEPTH}, scale-down window "
         f"{SCALE_DOWN_WINDOW} s). Load: the e2e kit's tritonclient `Load` over mTLS, round robin over the "
         f"headless Service's ready endpoints ({HEAVY_WORKERS} threads x {HEAVY_ROWS} rows; scale-in: "
@@ -569,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-out-timeout", type=float, default=240)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        print("error: needs root (the pod runner makes network namespaces)", file=sys.stderr)
+        print("error: needs root (the real node runs containers)", file=sys.stderr)
         return 2
 
     def on_term(signum, _frame):
@@ -603,17 +604,18 @@ def main(argv: list[str] | None = None) -> int:
         kube.kubectl("create", "namespace", ns)
         values = workdir / "values.json"
         values.write_text(json.dumps({"watchNamespaces": [ns], "operator": {"resyncSeconds": 5},
-                                      **RUNNER_PLACEMENT}))
+                                      **NODE_PLACEMENT}))
         t = time.monotonic()
         kube.helm("install", release, str(REPO / "charts" / "kubeinfer"), "--namespace", op_ns,
                   "--create-namespace", "-f", str(values))
-        wait("the operator pod Ready on the pod runner", lambda: operator_ready(kube, op_ns), timeout=120)
+        wait("the operator pod Ready on the real node", lambda: operator_ready(kube, op_ns), timeout=120)
         say(f"  operator Ready in {time.monotonic() - t:.1f}s")
 
         say(f"Applying InferenceDeployment {ns}/{NAME} (autoscaling {MIN_REPLICAS}-{MAX_REPLICAS}, "
             f"target queue depth {TARGET_QUEUE_DEPTH}, scale-down window {SCALE_DOWN_WINDOW}s, mTLS)")
         t = time.monotonic()
-        kube.kubectl("apply", "-f", "-", input=json.dumps(infd_manifest(ns, 3600)))
+        uri = store_url(cluster.workdir, MODEL_FILE)
+        kube.kubectl("apply", "-f", "-", input=json.dumps(infd_manifest(ns, 3600, uri)))
         wait("the InferenceDeployment Ready", lambda: infd_ready(kube, ns), timeout=180)
         say(f"  Ready in {time.monotonic() - t:.1f}s")
         certs = write_secret(kube, ns, f"{NAME}-client-load", workdir / "client")

@@ -1,11 +1,11 @@
 """The full kubeinfer flow on the local cluster: helm install, an InferenceDeployment, mTLS
 predictions, and the queue-depth HPA adding replicas under load.
 
-Run with ``make demo-cluster`` (root: the pod runner makes network namespaces). It builds
-what is missing (control plane, adapter, Prometheus; cold: about 20-25 minutes on 2
-cores, warm: seconds), starts the cluster, the pod runner, Prometheus and the adapter
+Run with ``make demo`` (root: the real node runs containers). It builds what is missing
+(control plane, real node, images, adapter, Prometheus; cold: about 25-30 minutes on 2
+cores, warm: seconds), starts the cluster with its real node, Prometheus and the adapter
 (``.cluster/``), and leaves everything running for you to explore; ``make cluster-down``
-stops it all. What is real and what the runner stands in for: the README, "End to end on the local cluster".
+stops it all. What is real and what is simulated: the README, "End to end on the local cluster".
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import yaml
 from devkit.models import make_mlp
 from devkit.waiting import wait_for
 from e2ekit import stack
-from e2ekit.clients import RUNNER_PLACEMENT, Load, batch, client, infer, ready_addresses, write_secret
+from e2ekit.clients import NODE_PLACEMENT, Load, batch, client, infer, ready_addresses, write_secret
 from localcluster import Cluster
-from podrunner import testhost
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE, NAME, CLIENT = "ml", "fraud", "checkout"
@@ -57,27 +56,25 @@ class Kube:
 
 
 def build_and_start() -> Cluster:
-    say("Building what is missing (control plane, prometheus-adapter, Prometheus)")
-    included = "hack/e2e.mk" in (REPO / "Makefile").read_text()
-    files = [] if included else ["-f", "Makefile", "-f", "hack/e2e.mk"]
-    subprocess.run(["make", "--no-print-directory", *files, "e2e-deps"], cwd=REPO, check=True)
+    say("Building what is missing (control plane, real node, images, prometheus-adapter, Prometheus)")
+    subprocess.run(["make", "--no-print-directory", "e2e-deps", "images"], cwd=REPO, check=True)
     cluster = Cluster(REPO / ".cluster")
-    say("Starting the local cluster, the pod runner, Prometheus and prometheus-adapter")
+    say("Starting the local cluster (its real node too), Prometheus and prometheus-adapter")
     cluster.up(timeout=180, log=lambda m: print(f"    {m}", flush=True))
     stack.up(cluster)
     return cluster
 
 
-def infd_manifest() -> dict:
+def infd_manifest(store_url: str) -> dict:
     body = yaml.safe_load((REPO / "examples" / "inferencedeployment-cpu.yaml").read_text())
     spec = body["spec"]
     spec.pop("replicas", None)
-    spec["model"]["uri"] = testhost.store_url("fraud.onnx")
+    spec["model"]["uri"] = store_url
     spec["resources"] = {"requests": {"cpu": "250m", "memory": "256Mi"}}
     spec["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "targetQueueDepth": 4,
                            "scaleDownStabilizationSeconds": 30}
     spec["tls"] = {"mode": "Mutual", "clients": [{"name": CLIENT}], "allowedClients": [CLIENT]}
-    spec.update(RUNNER_PLACEMENT)  # the runner's node is tainted: only pods meant to run land there
+    spec.update(NODE_PLACEMENT)  # the real node is tainted: only pods meant to run there land there
     return body
 
 
@@ -86,12 +83,12 @@ def main() -> int:
     cluster = build_and_start()
     kube = Kube(cluster)
     model = make_mlp(cluster.workdir / "model-store" / "fraud.onnx")
-    say(f"Made a sample model ({model.name}, [-1,256] -> [-1,16]) served by the model store at "
-        f"{testhost.store_url('fraud.onnx')}")
+    url = stack.store_url(cluster.workdir, "fraud.onnx")
+    say(f"Made a sample model ({model.name}, [-1,256] -> [-1,16]) served by the model store at {url}")
 
-    say("helm install kubeinfer (the operator pod runs on the pod runner, in-cluster config)")
+    say("helm install kubeinfer (the operator pod runs on the real node from the built image, in-cluster config)")
     values = cluster.workdir / "demo-values.json"
-    values.write_text(json.dumps({"watchNamespaces": [NAMESPACE], **RUNNER_PLACEMENT}))
+    values.write_text(json.dumps({"watchNamespaces": [NAMESPACE], **NODE_PLACEMENT}))
     kube.kubectl("create", "namespace", NAMESPACE, check=False)
     kube.helm("upgrade", "--install", "kubeinfer", str(REPO / "charts" / "kubeinfer"),
               "--namespace", "kubeinfer-system", "--create-namespace", "-f", str(values), "--wait",
@@ -99,10 +96,16 @@ def main() -> int:
     print(kube.kubectl("get", "pods", "-n", "kubeinfer-system", "-o", "wide").stdout)
 
     say(f"kubectl apply an InferenceDeployment {NAMESPACE}/{NAME} (from examples/, model from the store, mTLS)")
-    kube.kubectl("apply", "-f", "-", input=json.dumps(infd_manifest()))
+    applied = time.monotonic()
+    kube.kubectl("apply", "-f", "-", input=json.dumps(infd_manifest(url)))
     kube.wait("Ready", lambda: json.loads(kube.kubectl("get", "infd", NAME, "-n", NAMESPACE, "-o", "json").stdout)
               .get("status", {}).get("readyReplicas"))
+    print(f"Ready {time.monotonic() - applied:.1f}s after kubectl apply (model fetched by the init container)")
     print(kube.kubectl("get", "infd,pods", "-n", NAMESPACE, "-o", "wide").stdout)
+    pod = json.loads(kube.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={NAME}",
+                                  "-o", "json").stdout)["items"][0]["metadata"]["name"]
+    say(f"kubectl logs {pod} (the server container, started by the kubelet from the built image)")
+    print(kube.kubectl("logs", pod, "-n", NAMESPACE, "-c", "server", "--tail=15").stdout)
 
     say("Calling the model over mutual TLS with the client Secret's certificate")
     certs = write_secret(kube, NAMESPACE, f"{NAME}-client-{CLIENT}", cluster.workdir / "demo-client")
@@ -139,9 +142,10 @@ def main() -> int:
   {kc} get --raw '/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/pods/*/kubeinfer_queue_depth'
   {kc} describe infd {NAME} -n {NAMESPACE}
   {kc} edit infd {NAME} -n {NAMESPACE}       # e.g. spec.batching, spec.autoscaling
-  ls /run/kubeinfer-pods/*/logs/                  # the pods' logs (the runner has no 'kubectl logs')
+  {kc} logs -n {NAMESPACE} -l app.kubernetes.io/instance={NAME} -c server -f
+  {kc} exec -n {NAMESPACE} {pod} -c server -- kubeinfer-server --help
   curl -s '{prometheus}/api/v1/query?query=kubeinfer_queue_depth'
-  make cluster-down                               # stops everything, removes the network namespaces""")
+  make cluster-down                               # stops everything and cleans the node up""")
     return 0
 
 

@@ -3,11 +3,14 @@
 # outside the clone:
 #   ${KUBEINFER_CACHE:-~/.cache/kubeinfer}/controlplane/<tag>/bin/
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm
-# (and, with `adapter`, prometheus-adapter). Versions come from hack/versions.env only.
+# (with `adapter`, prometheus-adapter; with `node`, the real node's kubelet, kube-proxy
+# and containerd). Versions come from hack/versions.env only.
 #
-# Usage: hack/build-controlplane.sh [core|adapter|tag|bin-dir]
+# Usage: hack/build-controlplane.sh [core|adapter|node|tag|bin-dir]
 #   core     (default) the control plane, kwok and helm
 #   adapter  prometheus-adapter, into the same bin dir
+#   node     kubelet and kube-proxy (same Kubernetes source as the control plane),
+#            containerd, its runc shim, ctr and crictl, into the same bin dir
 #   tag      print the cache tag;  bin-dir  print the bin dir
 #
 # A warm cache (binaries present + stamp file matching the versions) returns at once.
@@ -35,6 +38,8 @@ export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
 
 stamp_core="${root}/.stamp-core"
 stamp_adapter="${root}/.stamp-adapter-${PROMETHEUS_ADAPTER_VERSION}"
+stamp_node="${root}/.stamp-node-${CONTAINERD_VERSION}-${CRICTL_VERSION}"
+node_bins=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr crictl)
 stamp_text="$(grep -v '^#' "${here}/versions.env" | grep -v '^$'; go env GOVERSION)"
 
 warm() {  # warm <stamp> <bins...>
@@ -62,13 +67,9 @@ build_etcd() {
     && go build -trimpath -ldflags "-s -w" -o "${bin}/etcd" go.etcd.io/etcd/server/v3)
 }
 
-build_kube() {
-  local kv="${KUBE_VERSION}" minor major staging_v
-  major="${kv#v}"; major="${major%%.*}"
-  minor="${kv#v*.}"; minor="${minor%%.*}"
-  staging_v="v0.${kv#v1.}"
+kube_module() {  # kube_module <dir>: the wrapper module requiring k8s.io/kubernetes with staging replaces
+  local kv="${KUBE_VERSION}" staging_v="v0.${KUBE_VERSION#v1.}" d="$1"
   log "kubernetes ${kv}: wrapper module with staging replaces -> ${staging_v}"
-  local d="${src}/kubernetes"
   new_module "$d" kubeinfer.local/tools/kubernetes
   local gomod
   gomod="$(cd "$d" && go mod download -json "k8s.io/kubernetes@${kv}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
@@ -79,15 +80,15 @@ build_kube() {
   local args=() n
   for n in $names; do args+=("-replace=${n}=${n}@${staging_v}"); done
   (cd "$d" && go mod edit "${args[@]}" -require="k8s.io/kubernetes@${kv}")
-  log "kubernetes: downloading modules (about 1 GB on a cold module cache)"
-  (cd "$d" && go get -tool \
-      "k8s.io/kubernetes/cmd/kube-apiserver@${kv}" \
-      "k8s.io/kubernetes/cmd/kube-controller-manager@${kv}" \
-      "k8s.io/kubernetes/cmd/kube-scheduler@${kv}" \
-      "k8s.io/kubernetes/cmd/kubectl@${kv}")
-  # Version stamping as kubernetes' hack/lib/version.sh does, so /version says ${kv}
+}
+
+kube_ldflags() {
+  # Version stamping as kubernetes' hack/lib/version.sh does, so /version says the version
   # (helm's kubeVersion constraints read it).
-  local ld="-s -w" pkg key val
+  local kv="${KUBE_VERSION}" major minor
+  major="${kv#v}"; major="${major%%.*}"
+  minor="${kv#v*.}"; minor="${minor%%.*}"
+  local ld="-s -w" pkg key val kvp
   local date; date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     for kvp in "gitVersion=${kv}" "gitMajor=${major}" "gitMinor=${minor}" \
@@ -96,6 +97,19 @@ build_kube() {
       ld+=" -X '${pkg}.${key}=${val}'"
     done
   done
+  printf '%s' "$ld"
+}
+
+build_kube() {
+  local kv="${KUBE_VERSION}" d="${src}/kubernetes"
+  kube_module "$d"
+  log "kubernetes: downloading modules (about 1 GB on a cold module cache)"
+  (cd "$d" && go get -tool \
+      "k8s.io/kubernetes/cmd/kube-apiserver@${kv}" \
+      "k8s.io/kubernetes/cmd/kube-controller-manager@${kv}" \
+      "k8s.io/kubernetes/cmd/kube-scheduler@${kv}" \
+      "k8s.io/kubernetes/cmd/kubectl@${kv}")
+  local ld; ld="$(kube_ldflags)"
   log "kubernetes: compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (the long part)"
   (cd "$d" && go build -trimpath -tags=selinux,notest,grpcnotrace -ldflags "${ld}" -o "${bin}/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
@@ -132,6 +146,35 @@ build_adapter() {
     && log "prometheus-adapter: downloading modules and compiling" \
     && go build -trimpath -ldflags "-s -w" -o "${bin}/prometheus-adapter" \
          sigs.k8s.io/prometheus-adapter/cmd/adapter)
+}
+
+build_node_kube() {
+  # Its own wrapper module (same version, same replaces) so the control plane's is left as built.
+  local kv="${KUBE_VERSION}" d="${src}/kubernetes-node"
+  kube_module "$d"
+  log "kubelet, kube-proxy: resolving modules"
+  (cd "$d" && go get -tool "k8s.io/kubernetes/cmd/kubelet@${kv}" "k8s.io/kubernetes/cmd/kube-proxy@${kv}")
+  local ld; ld="$(kube_ldflags)"
+  log "kubelet, kube-proxy: compiling (shares the control plane's build cache)"
+  (cd "$d" && go build -trimpath -tags=selinux,notest,grpcnotrace -ldflags "${ld}" -o "${bin}/" \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+}
+
+build_containerd() {
+  local d="${src}/containerd" m="github.com/containerd/containerd/v2"
+  log "containerd ${CONTAINERD_VERSION}: tools module"
+  new_module "$d" kubeinfer.local/tools/containerd
+  (cd "$d" && go mod edit -require="${m}@${CONTAINERD_VERSION}" \
+    && log "containerd: downloading modules and compiling containerd, containerd-shim-runc-v2, ctr" \
+    && go build -trimpath -tags no_btrfs,no_devmapper,no_zfs \
+         -ldflags "-s -w -X ${m}/version.Version=${CONTAINERD_VERSION}" -o "${bin}/" \
+         "${m}/cmd/containerd" "${m}/cmd/containerd-shim-runc-v2" "${m}/cmd/ctr")
+}
+
+build_crictl() {
+  # crictl talks CRI to containerd: the sweep of a killed node's pod sandboxes uses it.
+  log "crictl ${CRICTL_VERSION}: go install"
+  GOBIN="${bin}" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@${CRICTL_VERSION}"
 }
 
 timed() {  # timed <name> <fn>
@@ -171,5 +214,20 @@ case "$cmd" in
     timed prometheus-adapter build_adapter
     printf '%s\n' "$stamp_text" > "$stamp_adapter"
     ;;
-  *) die "unknown command: $cmd (core|adapter|tag|bin-dir)" ;;
+  node)
+    if warm "$stamp_node" "${node_bins[@]}"; then
+      log "warm cache: ${bin} (kubelet, kube-proxy, containerd)"; exit 0
+    fi
+    need_go; mkdir -p "$bin" "$src"
+    log "cold build of the real node into ${bin}; expect 5-15 minutes on 2 cores"
+    t_all=$SECONDS
+    [[ -x "${bin}/kubelet" && -x "${bin}/kube-proxy" ]] || timed kubelet+kube-proxy build_node_kube
+    [[ -x "${bin}/containerd" && -x "${bin}/containerd-shim-runc-v2" && -x "${bin}/ctr" ]] \
+      || timed containerd build_containerd
+    [[ -x "${bin}/crictl" ]] || timed crictl build_crictl
+    for b in "${node_bins[@]}"; do [[ -x "${bin}/${b}" ]] || die "missing ${bin}/${b} after build"; done
+    printf '%s\n' "$stamp_text" > "$stamp_node"
+    log "real node built in $((SECONDS - t_all))s"
+    ;;
+  *) die "unknown command: $cmd (core|adapter|node|tag|bin-dir)" ;;
 esac

@@ -1,23 +1,32 @@
-# Local Kubernetes control plane (issue 3): built from Go module sources into
+# Local Kubernetes cluster (issues 3 and 12): the control plane and the real node's kubelet,
+# kube-proxy and containerd, built from Go module sources into
 # ~/.cache/kubeinfer/controlplane/<versions>/bin, run from .cluster/ in the checkout by the
-# dev package hack/localcluster (python -m localcluster; installed by make venv).
-# Versions: hack/versions.env. Docs: docs/local-cluster.md.
+# dev package hack/localcluster (python -m localcluster; installed by make venv). The node's
+# images come from hack/images.mk. Versions: hack/versions.env. Docs: docs/local-cluster.md.
 
-.PHONY: cluster-build cluster-build-adapter cluster-up cluster-down cluster-status
+.PHONY: cluster-build cluster-build-adapter cluster-up cluster-down cluster-status node-deps
 
 # Cold: many minutes (see docs/local-cluster.md); warm: a second.
-cluster-build:
+cluster-build: node-deps
 	@hack/build-controlplane.sh core
+	@hack/build-controlplane.sh node
+
+# Debian's runc, CNI plugins, iptables and conntrack for the real node.
+node-deps:
+	@test -x /usr/sbin/runc -a -x /usr/lib/cni/bridge -a -x /usr/sbin/iptables -a -x /usr/sbin/conntrack || { \
+	  echo "Installing Debian's runc, containernetworking-plugins, iptables, conntrack"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    runc containernetworking-plugins iptables conntrack; }
 
 # prometheus-adapter, for the custom-metrics work; separate so a failure here never
 # blocks the core control plane.
 cluster-build-adapter:
 	@hack/build-controlplane.sh adapter
 
-cluster-up: venv cluster-build
+cluster-up: venv cluster-build images
 	@$(PY) -m localcluster up
 
-# The pod runner, Prometheus and the adapter (python -m e2ekit down) stop first. Without the
+# Prometheus, the adapter and the model store (python -m e2ekit down) stop first. Without the
 # venv, the system Python runs localcluster from hack/ (its down needs nothing but the stdlib);
 # the control plane goes down even when the e2e stack could not be reached (a venv from before
 # the dev package).

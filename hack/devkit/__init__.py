@@ -1,6 +1,6 @@
 """Helpers shared by kubeinfer's development tooling, tests, benchmarks and examples.
 
-One copy of each; the other dev packages (localcluster, podrunner, monitoring, e2ekit)
+One copy of each; the other dev packages (localcluster, monitoring, e2ekit)
 build on these, never the other way round. Import the module you need: this package
 imports nothing itself, so the light modules stay light.
 

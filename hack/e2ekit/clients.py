@@ -4,7 +4,7 @@
 (the tests' ``LocalCluster``, ``localcluster.Cluster``). Helpers: kubectl JSON reads,
 a Secret's keys as files, the ready addresses of a Service's EndpointSlices,
 tritonclient over mTLS to pod IPs, the certificate a pod presents, Prometheus queries,
-and ``RUNNER_PLACEMENT``, what a workload sets to land on the pod runner's node.
+and ``NODE_PLACEMENT``, what a workload sets to land on the real node (not a kwok one).
 
 The load client (``Load``) does what a client of the headless Service does with
 ``dns:///NAME-headless...`` and ``round_robin``: it resolves the ready addresses (from
@@ -30,15 +30,12 @@ import numpy as np
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from podrunner.runner import NODE_LABEL, TAINT
+from localcluster import nodeconfig
 
-# The runner's node is tainted and labelled: only workloads that ask for it land there.
-RUNNER_PLACEMENT = {
-    "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
-    "tolerations": [{"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}],
-}
+# The real node is tainted and labelled: only workloads that ask for it land there.
+NODE_PLACEMENT = nodeconfig.PLACEMENT
 NO_PROXY = [("grpc.enable_http_proxy", 0)]
-# Loopback and the runner's pod subnet: never through a proxy.
+# Loopback and the real node's pod subnet: never through a proxy.
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 

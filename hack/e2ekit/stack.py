@@ -1,65 +1,63 @@
-"""Up and down of the real-pods layer on a running local cluster (make e2e-up, e2e-down).
+"""Up and down of the e2e layer on a running local cluster (make e2e-up, e2e-down).
 
     python -m e2ekit up   [--dir .cluster]   (make e2e-up)
     python -m e2ekit down [--dir .cluster]   (make e2e-down; also part of cluster-down)
 
 ``up`` starts what is not running yet, untied from this process (it outlives the
-command): the pod runner (node kubeinfer-runner-0), Prometheus and prometheus-adapter,
-and the model store serving ``<workdir>/model-store``. ``down`` stops them all and
-sweeps the runner's namespaces, veths and bridge. See the README, "End to end on the local cluster".
+command): Prometheus (with its target lister) and prometheus-adapter, and the model
+store serving ``<workdir>/model-store`` on the real node's bridge address. ``down``
+stops them all. The pods themselves run on the cluster's real node. See the README,
+"End to end on the local cluster".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import monitoring
-from devkit.processes import running_pid
+from devkit.processes import kill_group, running_pid
 from localcluster import Cluster
-from podrunner import net, service, testhost
+
+from . import modelstore
 
 REPO = Path(__file__).resolve().parents[2]
 STORE_PID = "model-store.pid"
+STORE_STATE = "model-store.json"
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def store_pid(workdir: Path) -> int | None:
-    """The pid of the model store ``up`` started, while it runs."""
-    return running_pid(workdir / STORE_PID)
+def store_url(workdir: Path, name: str) -> str:
+    """The URL of ``name`` in the model store ``up`` started."""
+    return json.loads((workdir / STORE_STATE).read_text())["url"] + name
 
 
 def up(cluster: Cluster) -> None:
     if not cluster.readyz():
         raise SystemExit("error: the cluster is not up (make cluster-up)")
-    if service.pid(cluster.workdir):
-        _say("Found the pod runner already running")
-    else:
-        _say("Starting the pod runner (node kubeinfer-runner-0)")
-        service.start(cluster.workdir, cluster.kubeconfig, tie_to_parent=False)
     monitoring.start(cluster.workdir, cluster.kubeconfig, cluster.bins, log=_say)
     store = cluster.workdir / "model-store"
     store.mkdir(exist_ok=True)
-    if store_pid(cluster.workdir) is None:
-        host = testhost.model_store(store, cluster.workdir / "logs" / "model-store.log",
-                                    tie_to_parent=False)
+    if running_pid(cluster.workdir / STORE_PID) is None:
+        host = modelstore.start(store, cluster.workdir / "logs" / "model-store.log", tie_to_parent=False)
         (cluster.workdir / STORE_PID).write_text(f"{host.proc.pid}\n")
-        _say(f"Serving {store} at {testhost.store_url('')} (model store test host)")
-    _say(f"Pod runner, Prometheus and prometheus-adapter up; logs in {cluster.workdir / 'logs'}")
+        (cluster.workdir / STORE_STATE).write_text(json.dumps({"url": host.url("")}))
+        _say(f"Serving {store} at {host.url('')} (the model store)")
+    _say(f"Prometheus, prometheus-adapter and the model store up; logs in {cluster.workdir / 'logs'}")
 
 
 def down(cluster: Cluster) -> None:
     monitoring.stop(cluster.workdir, cluster.kubeconfig, cluster.bins, log=_say)
-    if service.stop(cluster.workdir):
-        _say("Stopped the pod runner")
+    pid = running_pid(cluster.workdir / STORE_PID)
+    if pid is not None:
+        kill_group(pid)
+        _say(f"Stopped the model store (pid {pid})")
     (cluster.workdir / STORE_PID).unlink(missing_ok=True)
-    leftovers = net.sweep()  # also stops the model store (processes in kib-* namespaces)
-    if leftovers:
-        _say(f"Removed {', '.join(leftovers)}")
 
 
 def main(argv: list[str] | None = None) -> int:

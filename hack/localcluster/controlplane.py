@@ -1,9 +1,12 @@
-"""The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok.
+"""The local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, a real node.
 
-Real: the four Kubernetes components, built from source. Simulated: kubelets, by kwok,
-which turns pods bound to its fake nodes Running and Ready without running anything.
-Every listener binds to 127.0.0.1; pod and node IPs are fake and never connected to.
-All state (pid files, logs, PKI, kubeconfig) lives in one work directory.
+Real: the four control-plane components, built from source, and one node
+(``localcluster.node``: a kubelet, containerd and kube-proxy) that runs the pods meant
+for it as containers. Simulated: the other nodes, by kwok, which turns pods bound to
+its fake nodes Running and Ready without running anything; their pod and node IPs are
+fake and never connected to. The API server listens on the real node's bridge address
+(pods reach it through the ``kubernetes`` Service), everything else on 127.0.0.1.
+All state but the node's (pid files, logs, PKI, kubeconfigs) lives in one work directory.
 """
 
 from __future__ import annotations
@@ -24,16 +27,21 @@ from pathlib import Path
 from devkit.ports import free_port
 from devkit.processes import alive, kill_group, running_pid, spawn, sweep_stale_dirs
 
+from . import node as real_node
+from .nodeconfig import NODE_IP, SERVICE_CIDR
 from .nodes import node_manifests
 from .pki import kubeconfig_text, write_pki
 from .versions import bin_dir, missing_binaries
 
-# Start order; teardown runs it backwards.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Start order; teardown runs it backwards (the real node's components stop first).
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENTS = (*CONTROL_PLANE, *real_node.COMPONENTS)
 
 POD_CIDR = "10.244.0.0/16"
-NODE_IP = "10.250.0.1"  # fake, outside the pod CIDR; nothing connects to it
-SERVICE_CIDR = "10.96.0.0/16"
+KWOK_POD_CIDR = "10.244.0.0/17"  # the lower half; the real node's pods get the upper one
+KWOK_NODE_IP = "10.250.0.1"  # fake, outside the pod CIDR; nothing connects to it
+# Client certificates (pki/<name>.crt) that get a kubeconfig of their own.
+NODE_USERS = ("kubelet-client", "kube-proxy")
 KWOK_STAGES = (
     "node/fast/node-initialize.yaml",
     "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
@@ -88,6 +96,7 @@ class Cluster:
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
         self.bins = Path(self.bins) if self.bins else bin_dir()
+        self.node = real_node.Node(self.workdir, self.bins, self.pki, tie_to_parent=self.tie_to_parent)
 
     # -- paths ------------------------------------------------------------------------
     @property
@@ -168,23 +177,35 @@ class Cluster:
         t0 = time.monotonic()
         deadline = t0 + timeout
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            self.node.prepare(log)  # the bridge first: the API server binds its address
+        except (real_node.NodeError, RuntimeError, OSError) as exc:
+            raise ClusterError(f"could not prepare the real node: {exc}") from exc
         etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
         data_root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
         sweep_stale_dirs(data_root, "kubeinfer-etcd-")
         etcd_data = Path(tempfile.mkdtemp(prefix="kubeinfer-etcd-", dir=data_root))
-        server = f"https://127.0.0.1:{api_port}"
+        server = f"https://{NODE_IP}:{api_port}"
         self.state_file.write_text(json.dumps({
             "server": server, "etcd_client_port": etcd_client, "etcd_data": str(etcd_data),
             "bin_dir": str(self.bins)}, indent=2))
         write_pki(self.pki)
         self.kubeconfig.write_text(kubeconfig_text(server, self.pki))
         os.chmod(self.kubeconfig, 0o600)
+        for user in NODE_USERS:
+            self.user_kubeconfig(user).write_text(kubeconfig_text(server, self.pki, user))
         try:
             self._start_all(etcd_client, etcd_peer, api_port, etcd_data, deadline, log)
+        except real_node.NodeError as exc:
+            self.down(log=log)
+            raise ClusterError(str(exc)) from exc
         except BaseException:
             self.down(log=log)
             raise
         log(f"Brought the cluster up in {time.monotonic() - t0:.1f}s ({server})")
+
+    def user_kubeconfig(self, user: str) -> Path:
+        return self.workdir / f"{user}.kubeconfig"
 
     def _start(self, component: str, args: list[str]) -> None:
         proc = spawn([str(self.bins / component), *args], self.log_path(component), cwd=self.workdir,
@@ -224,23 +245,29 @@ class Cluster:
                 return False
         self._wait("etcd /health", etcd_healthy, deadline, "etcd")
 
-        log(f"Starting kube-apiserver on https://127.0.0.1:{api_port}")
+        log(f"Starting kube-apiserver on https://{NODE_IP}:{api_port}")
         self._start("kube-apiserver", [
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            # The real node's bridge address: the host reaches it, and so do pods, through
+            # the kubernetes Service (its endpoint is the advertise address).
+            f"--bind-address={NODE_IP}", f"--advertise-address={NODE_IP}",
             f"--secure-port={api_port}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC",
             "--anonymous-auth=false",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
-            # No ServiceAccount admission: nothing mounts tokens into kwok pods and pods
-            # need not wait for the default SA. No TaintNodesByCondition: it would put
-            # node.kubernetes.io/not-ready on every new node, and only the node-lifecycle
-            # controller (not run here) takes it off.
-            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+            # Logs, exec and port-forward: the API server calls the kubelet at its InternalIP.
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            # No TaintNodesByCondition: it would put node.kubernetes.io/not-ready on every
+            # new node, and only the node-lifecycle controller (not run here) takes it off.
+            # ServiceAccount admission stays on: the real node's pods get their tokens.
+            "--disable-admission-plugins=TaintNodesByCondition",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -278,10 +305,14 @@ class Cluster:
         self._start("kwok", [
             kc, f"--config={stages}", "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}",
+            f"--cidr={KWOK_POD_CIDR}", f"--node-ip={KWOK_NODE_IP}",
             "--node-lease-duration-seconds=40",
         ])
         self._create_nodes(deadline, log)
+        self.node.start({"kubelet": self.user_kubeconfig("kubelet-client"),
+                         "kube-proxy": self.user_kubeconfig("kube-proxy")}, deadline, log)
+        self.node.wait_ready(self.kubectl, deadline)
+        self._check_alive()
 
     def _create_nodes(self, deadline: float, log) -> None:
         nodes = node_manifests()
@@ -309,14 +340,17 @@ class Cluster:
             }
             return set(names) <= ready
         self._wait(f"nodes Ready ({', '.join(names)})", all_ready, deadline, "kwok")
-        # Components that died after their own wait would only show up later; check now.
+
+    def _check_alive(self) -> None:
+        """Components that died after their own wait would only show up later; check now."""
         dead = [c for c, pid in self.running().items() if pid is None]
         if dead:
             raise ClusterError(f"{', '.join(dead)} exited during bring-up:\n" + "\n".join(
                 f"--- {c}\n{self.log_tail(c)}" for c in dead))
 
     def down(self, log: Log = _quiet) -> None:
-        for component in reversed(COMPONENTS):
+        self.node.stop(log)
+        for component in reversed(CONTROL_PLANE):
             path = self.pid_path(component)
             try:
                 pid = int(path.read_text())

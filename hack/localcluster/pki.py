@@ -12,10 +12,18 @@ import datetime
 import json
 from pathlib import Path
 
+from .nodeconfig import NAME as NODE_NAME
+from .nodeconfig import NODE_IP
+
 YEAR = datetime.timedelta(days=365)
 API_SERVER_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                     "kubernetes.default.svc.cluster.local")
-API_SERVER_IPS = ("127.0.0.1", "10.96.0.1")
+API_SERVER_IPS = ("127.0.0.1", "10.96.0.1", NODE_IP)
+# The identities of the real node's kubelet and kube-proxy, as kubeadm names them: the Node
+# authorizer knows system:node:<name> in system:nodes; system:kube-proxy is bound to the
+# bootstrap role system:node-proxier.
+KUBELET_USER = (f"system:node:{NODE_NAME}", "system:nodes")
+KUBE_PROXY_USER = ("system:kube-proxy", None)
 
 
 def write_pki(pki: Path) -> None:
@@ -32,22 +40,31 @@ def write_pki(pki: Path) -> None:
     # system:masters bypasses RBAC, so RBAC stays on for everyone else.
     x509.issue(ca, "kubeinfer-admin", organization="system:masters", duration=YEAR).write(pki, "admin")
     x509.write_signing_key(pki, "sa")
+    # The real node: its kubelet's client and serving certificates, kube-proxy's client
+    # certificate, and the API server's client certificate for kubelets (logs, exec).
+    x509.issue(ca, KUBELET_USER[0], organization=KUBELET_USER[1], duration=YEAR).write(pki, "kubelet-client")
+    x509.issue(ca, KUBELET_USER[0], server=True, dns_names=(NODE_NAME,), ip_addresses=(NODE_IP,),
+               duration=YEAR).write(pki, "kubelet")
+    x509.issue(ca, KUBE_PROXY_USER[0], duration=YEAR).write(pki, "kube-proxy")
+    x509.issue(ca, "kube-apiserver-kubelet-client", organization="system:masters",
+               duration=YEAR).write(pki, "apiserver-kubelet-client")
     # Aggregation layer: its own CA, different from the client CA.
     front_proxy = x509.make_ca("kubeinfer-front-proxy-ca", duration=10 * YEAR)
     front_proxy.write(pki, "front-proxy-ca")
     x509.issue(front_proxy, "front-proxy-client", duration=YEAR).write(pki, "front-proxy-client")
 
 
-def kubeconfig_text(server: str, pki: Path) -> str:
+def kubeconfig_text(server: str, pki: Path, user: str = "admin") -> str:
+    """A kubeconfig for ``server`` with the client certificate ``pki/<user>.crt``."""
     return json.dumps({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "kubeinfer-local", "cluster": {
             "server": server, "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": "kubeinfer-admin", "user": {
-            "client-certificate": str(pki / "admin.crt"),
-            "client-key": str(pki / "admin.key")}}],
+        "users": [{"name": f"kubeinfer-{user}", "user": {
+            "client-certificate": str(pki / f"{user}.crt"),
+            "client-key": str(pki / f"{user}.key")}}],
         "contexts": [{"name": "kubeinfer-local", "context": {
-            "cluster": "kubeinfer-local", "user": "kubeinfer-admin"}}],
+            "cluster": "kubeinfer-local", "user": f"kubeinfer-{user}"}}],
         "current-context": "kubeinfer-local",
     }, indent=2) + "\n"

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from devkit.processes import kill_group, running_pid, spawn
 REPO = Path(__file__).resolve().parents[2]
 ADAPTER_RULES = REPO / "charts" / "kubeinfer" / "files" / "prometheus-adapter-rules.yaml"
 PROMETHEUS = Path(os.environ.get("KUBEINFER_PROMETHEUS", "/usr/bin/prometheus"))
-RUNNER_POD_IPS = r"10\.244\.(12[89]|1[3-9][0-9]|2[0-4][0-9]|25[0-4])\.[0-9]+"
+# The real node's pod subnet, 10.244.128.0/17 (localcluster.nodeconfig.POD_SUBNET).
+NODE_POD_IPS = r"10\.244\.(12[89]|1[3-9][0-9]|2[0-4][0-9]|25[0-5])\.[0-9]+"
+PROCESSES = ("prometheus", "prometheus-targets", "prometheus-adapter")
 NAMESPACE = "kubeinfer-monitoring"
 VERSIONS = ("v1beta1", "v1beta2")
 Log = Callable[[str], None]
@@ -31,12 +34,12 @@ class MissingComponent(RuntimeError):
 
 
 def prometheus_config(targets_file: Path) -> dict:
-    """Scrape what the pod runner lists (file_sd): Debian's build has no Kubernetes SD.
+    """Scrape what ``monitoring.targets`` lists (file_sd): Debian's build has no Kubernetes SD.
 
-    The runner writes one target per running pod on its node that asks to be scraped
+    It writes one target per running pod on the real node that asks to be scraped
     (``prometheus.io/scrape``), at podIP:``prometheus.io/port``, labelled with the
     pod's namespace and name: what role-pod discovery plus the usual relabelling
-    give. The keep rule is a second guard: only addresses in the runner's subnet.
+    give. The keep rule is a second guard: only addresses in the node's pod subnet.
     """
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
@@ -44,7 +47,7 @@ def prometheus_config(targets_file: Path) -> dict:
             "job_name": "kubeinfer-servers",
             "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}],
             "relabel_configs": [{"source_labels": ["__address__"],
-                                 "regex": RUNNER_POD_IPS + ":[0-9]+", "action": "keep"}],
+                                 "regex": NODE_POD_IPS + ":[0-9]+", "action": "keep"}],
         }],
     }
 
@@ -56,7 +59,7 @@ def _spawn(workdir: Path, name: str, argv: list[str], tie_to_parent: bool) -> in
 
 
 def running(workdir: Path) -> dict[str, int | None]:
-    return {name: running_pid(workdir / f"{name}.pid") for name in ("prometheus", "prometheus-adapter")}
+    return {name: running_pid(workdir / f"{name}.pid") for name in PROCESSES}
 
 
 def _kubectl(bins: Path, kubeconfig: Path, *args: str, input: str | None = None,
@@ -108,8 +111,9 @@ def start(workdir: Path, kubeconfig: Path, bins: Path, tie_to_parent: bool = Fal
     stop(workdir, kubeconfig, bins)
     prom_port, adapter_port = free_port(), free_port()
     targets = workdir / "prometheus-targets.json"
-    if not targets.exists():
-        targets.write_text("[]")
+    targets.write_text("[]")
+    _spawn(workdir, "prometheus-targets", [sys.executable, "-m", "monitoring.targets", str(kubeconfig),
+                                           str(targets)], tie_to_parent)
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(targets)))
     data = workdir / "prometheus-data"
     shutil.rmtree(data, ignore_errors=True)

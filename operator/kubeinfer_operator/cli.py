@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 
 import kopf
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=args.liveness,
+        # Named here: kopf's default (user@host) looks the uid up in /etc/passwd, and the
+        # image's numeric non-root user 65532 has no entry there.
+        # kopf's Identity is a NewType of str it does not export.
+        identity=f"kubeinfer-operator@{socket.gethostname()}",  # type: ignore[arg-type]
     )
     return 0
 

@@ -17,7 +17,6 @@ import pytest
 
 from e2e.test_serving import apply, condition, infd
 from e2ekit.clients import Load, get_json, served_by, write_secret
-from podrunner import testhost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -29,7 +28,7 @@ def hpa(cluster, namespace: str, name: str) -> dict:
 
 def test_queue_depth_scales_out_serves_and_scales_in(cluster, stack, installed, tmp_path):
     ns, name = installed.apps, "scaler"
-    apply(cluster, infd(name, ns, testhost.store_url("mlp.onnx"),
+    apply(cluster, infd(name, ns, stack.store.url("mlp.onnx"),
                         autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetQueueDepth": 4,
                                      "scaleDownStabilizationSeconds": 5},
                         tls={"mode": "Mutual", "clients": [{"name": "load"}]}))

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from e2e.test_serving import apply, condition, infd
 from e2ekit.clients import Load, batch, client, get_json, infer, presented_cert, ready_addresses, write_secret
-from podrunner import testhost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -30,11 +29,11 @@ def secret_cert(cluster, ns: str, name: str) -> bytes:
 
 
 
-def test_rotation_reaches_the_server_without_failed_requests(cluster, installed, tmp_path):
+def test_rotation_reaches_the_server_without_failed_requests(cluster, stack, installed, tmp_path):
     ns, name = installed.apps, "rotor"
     spec = {"replicas": 1, "tls": {"mode": "Mutual", "clients": [{"name": "app"}],
                                    "certificateDurationSeconds": 3600}}
-    apply(cluster, infd(name, ns, testhost.store_url("mlp.onnx"), **spec))
+    apply(cluster, infd(name, ns, stack.store.url("mlp.onnx"), **spec))
     cluster.wait_for("InferenceDeployment Ready", lambda: condition(cluster, ns, name).get("status") == "True",
                      timeout=120)
     certs = write_secret(cluster, ns, f"{name}-client-app", tmp_path / "before")
@@ -61,7 +60,7 @@ def test_rotation_reaches_the_server_without_failed_requests(cluster, installed,
     try:
         time.sleep(2)
         spec["tls"]["certificateDurationSeconds"] = 3700
-        apply(cluster, infd(name, ns, testhost.store_url("mlp.onnx"), **spec))
+        apply(cluster, infd(name, ns, stack.store.url("mlp.onnx"), **spec))
         after = cluster.wait_for("the operator to reissue the server certificate", lambda: (
             lambda c: c if c != before else None)(secret_cert(cluster, ns, f"{name}-tls")), timeout=60)
         cluster.wait_for("a new connection to see the new certificate",

@@ -23,8 +23,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from devkit.x509 import client_cert, make_ca
-from e2ekit.clients import RUNNER_PLACEMENT, batch, client, get_json, infer, ready_addresses, write_secret
-from podrunner import testhost
+from e2ekit.clients import NODE_PLACEMENT, batch, client, get_json, infer, ready_addresses, write_secret
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -34,7 +33,7 @@ def infd(name: str, namespace: str, uri: str, **spec) -> dict:
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"model": {"uri": uri},
                      "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-                     **RUNNER_PLACEMENT, **spec}}
+                     **NODE_PLACEMENT, **spec}}
 
 
 def apply(cluster, body: dict) -> None:
@@ -56,7 +55,7 @@ MTLS = {"tls": {"mode": "Mutual", "clients": [{"name": "checkout"}, {"name": "in
 @pytest.fixture(scope="module")
 def served(cluster, stack, installed):
     name = "fraud"
-    apply(cluster, infd(name, installed.apps, testhost.store_url("mlp.onnx"), replicas=1, **MTLS))
+    apply(cluster, infd(name, installed.apps, stack.store.url("mlp.onnx"), replicas=1, **MTLS))
     cluster.wait_for("InferenceDeployment Ready", lambda: condition(
         cluster, installed.apps, name).get("status") == "True", timeout=120)
     return name
@@ -108,8 +107,8 @@ def test_client_not_allowed_is_permission_denied(cluster, installed, served, tmp
     assert "PERMISSION_DENIED" in str(err.value.status())
 
 
-def test_missing_model_is_model_fetch_failed(cluster, installed):
-    uri = testhost.store_url("no-such-model.onnx")
+def test_missing_model_is_model_fetch_failed(cluster, stack, installed):
+    uri = stack.store.url("no-such-model.onnx")
     apply(cluster, infd("missing", installed.apps, uri, replicas=1))
     cond = cluster.wait_for("Ready=False ModelFetchFailed", lambda: (lambda c: c if c.get(
         "reason") == "ModelFetchFailed" else None)(condition(cluster, installed.apps, "missing")),

@@ -35,7 +35,7 @@ from support.reports import on_failure
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_COMPONENTS = ("kube-scheduler", "kube-controller-manager", "kwok", "kube-apiserver",
-                  "etcd")
+                  "etcd", "kubelet", "containerd", "kube-proxy")
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,6 @@ class LocalCluster:
             time.sleep(interval)
 
 
-def _missing(msg: str):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
-
-
 def _reusable(impl) -> bool:
     return impl.kubeconfig.exists() and impl.readyz(timeout=3)
 
@@ -130,8 +124,10 @@ def _start_private(base: Path):
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     missing = localcluster.missing_binaries()
     if missing:
-        _missing(f"local control plane not built ({', '.join(missing)} missing in "
+        missing(f"local control plane not built ({', '.join(missing)} missing in "
                  f"{localcluster.bin_dir()}): run make cluster-build")
+    if not localcluster.node.built_images():
+        missing(f"no images for the real node ({localcluster.node.images_manifest()} missing): run make images")
     shared = localcluster.Cluster(REPO / ".cluster")
     if _reusable(shared):
         impl, started = shared, False

@@ -1,0 +1,265 @@
+"""The real node: containerd, a kubelet and kube-proxy on this machine, registered as ``kubeinfer-node-0``.
+
+Real: the kubelet (built from the control plane's Kubernetes source), containerd 2.x
+with Debian's runc and CNI plugins, kube-proxy in iptables mode. Pods run as
+containers from images imported ahead of time (``make images``: there is no
+registry), so ``kubectl logs``, ``exec`` and ``port-forward``, limits, probes,
+securityContext, volumes and Jobs are Kubernetes' own.
+
+One node per machine: its state lives in ``ROOT`` (fixed, so that what a killed run
+left is found by the next one), containerd's image store in the shared cache. Its
+processes keep pid files and logs in the cluster's work directory like the other
+components. ``prepare`` runs before the API server (it binds the node's bridge
+address); ``start`` after it; ``stop`` removes everything: pods, processes, mounts,
+cgroups, the bridge, iptables chains; the sysctls are put back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from devkit.ports import free_port
+from devkit.processes import alive, kill_group, running_pid, spawn
+
+from . import hostnet, leftovers
+from .nodeconfig import (
+    LABEL,
+    NAME,
+    NODE_IP,
+    NodePaths,
+    Ports,
+    cni_config,
+    containerd_config,
+    kube_proxy_config,
+    kubelet_config,
+    registry_hosts_toml,
+    toml,
+)
+from .versions import cache_base
+
+ROOT = Path(os.environ.get("KUBEINFER_NODE_ROOT", "/run/kubeinfer-node"))
+COMPONENTS = ("containerd", "kubelet", "kube-proxy")
+Log = Callable[[str], None]
+
+
+class NodeError(RuntimeError):
+    """The real node could not be prepared, started or cleaned up."""
+
+
+def images_manifest() -> Path:
+    return cache_base() / "images" / "current.json"
+
+
+def built_images() -> list[dict]:
+    """The images ``make images`` built: ``[{"name", "archive", "id", "role"}, ...]`` (empty if none).
+
+    Roles: ``server``, ``operator`` and ``pause`` (the pod sandbox).
+    """
+    try:
+        return json.loads(images_manifest().read_text())["images"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def image_named(images: list[dict], role: str) -> str:
+    """The name of the built image with ``role``."""
+    for image in images:
+        if image.get("role") == role:
+            return image["name"]
+    raise NodeError(f"no {role} image in {images_manifest()}: run make images")
+
+
+class Node:
+    """The real node of the cluster whose files are in ``workdir`` (binaries in ``bins``)."""
+
+    def __init__(self, workdir: Path, bins: Path, pki: Path, tie_to_parent: bool = False,
+                 root: Path = ROOT) -> None:
+        self.workdir, self.bins, self.pki, self.tie_to_parent = workdir, bins, pki, tie_to_parent
+        self.paths = NodePaths(root, cache_base() / "node" / "containerd")
+
+    # -- processes ----------------------------------------------------------------
+    def pid_path(self, component: str) -> Path:
+        return self.workdir / f"{component}.pid"
+
+    def log_path(self, component: str) -> Path:
+        return self.workdir / "logs" / f"{component}.log"
+
+    def running(self) -> dict[str, int | None]:
+        return {c: running_pid(self.pid_path(c)) for c in COMPONENTS}
+
+    def _spawn(self, component: str, args: list[str]) -> None:
+        proc = spawn([str(self.bins / component), *args], self.log_path(component), cwd=self.workdir,
+                     tie_to_parent=self.tie_to_parent)
+        self.pid_path(component).write_text(f"{proc.pid}\n")
+
+    def _stop(self, component: str, log: Log) -> None:
+        pid = running_pid(self.pid_path(component))
+        if pid is not None and alive(pid):
+            kill_group(pid)
+            log(f"Stopped {component} (pid {pid})")
+        self.pid_path(component).unlink(missing_ok=True)
+
+    def crictl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        endpoint = f"unix://{self.paths.containerd_socket}"
+        proc = subprocess.run([str(self.bins / "crictl"), f"--runtime-endpoint={endpoint}",
+                               f"--image-endpoint={endpoint}", "--timeout=30s", *args],
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise NodeError(f"crictl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc
+
+    def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(self.bins / "ctr"), f"--address={self.paths.containerd_socket}",
+                               "--namespace=k8s.io", *args], capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise NodeError(f"ctr {' '.join(args)}: {proc.stderr.strip()}")
+        return proc
+
+    # -- lifecycle ------------------------------------------------------------------
+    def prepare(self, log: Log) -> None:
+        """Before the API server: clean up after a killed run, then the bridge and ip_forward."""
+        removed = self.sweep()
+        if removed:
+            log(f"Cleaned up after an earlier node: {', '.join(removed)}")
+        hostnet.add_bridge()
+        saved = hostnet.read_sysctls([*hostnet.OUR_SYSCTLS, *hostnet.KUBELET_SYSCTLS])
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        (self.paths.root / "sysctls.json").write_text(json.dumps(saved, indent=1))
+        hostnet.set_sysctls(hostnet.OUR_SYSCTLS)
+
+    def start(self, kubeconfigs: dict[str, Path], deadline: float, log: Log) -> None:
+        """containerd (images imported), then the kubelet and kube-proxy; waits for the node Ready."""
+        images = built_images()
+        sandbox = image_named(images, "pause")
+        self._write_configs(sandbox, kubeconfigs)
+        log(f"Starting containerd ({self.paths.containerd_socket})")
+        self._spawn("containerd", [f"--config={self.paths.containerd_config}", "--log-level=warn"])
+        self._wait("containerd's CRI", lambda: self.crictl("info", check=False).returncode == 0,
+                   deadline, "containerd")
+        self.crictl("rmp", "--force", "--all", check=False)  # sandboxes a killed run left in the store
+        self._import(images, log)
+        log(f"Starting the kubelet and kube-proxy (node {NAME} at {NODE_IP})")
+        self._spawn("kubelet", [
+            f"--config={self.paths.kubelet_config}", f"--kubeconfig={kubeconfigs['kubelet']}",
+            f"--root-dir={self.paths.kubelet_root}", f"--cert-dir={self.paths.kubelet_root / 'pki'}",
+            f"--hostname-override={NAME}", f"--node-ip={NODE_IP}",
+            f"--node-labels={LABEL[0]}={LABEL[1]}", "--v=1",
+        ])
+        self._spawn("kube-proxy", [f"--config={self.paths.kube_proxy_config}", "--v=1"])
+
+    def _write_configs(self, sandbox: str, kubeconfigs: dict[str, Path]) -> None:
+        paths = self.paths
+        for d in (paths.root, paths.cni_conf_dir, paths.kubelet_root, paths.pod_logs, paths.image_store):
+            d.mkdir(parents=True, exist_ok=True)
+        ports = Ports(free_port(), free_port(), free_port(), free_port())
+        paths.containerd_config.write_text(toml(containerd_config(paths, sandbox)))
+        (paths.cni_conf_dir / "10-kubeinfer.conflist").write_text(json.dumps(cni_config(paths), indent=1))
+        (paths.registry_hosts / "_default").mkdir(parents=True, exist_ok=True)
+        (paths.registry_hosts / "_default" / "hosts.toml").write_text(registry_hosts_toml())
+        # JSON is YAML: the stdlib writes both (make cluster-down may run without the venv).
+        paths.kubelet_config.write_text(json.dumps(kubelet_config(paths, ports, self.pki), indent=1))
+        paths.kube_proxy_config.write_text(
+            json.dumps(kube_proxy_config(paths, ports, kubeconfigs["kube-proxy"]), indent=1))
+
+    def _import(self, images: list[dict], log: Log) -> None:
+        """``ctr images import`` of each archive whose image is not in the store yet."""
+        stamp = self.paths.image_store / "kubeinfer-imported.json"
+        try:
+            imported = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            imported = {}
+        present = set(self.ctr("images", "list", "--quiet").stdout.split())
+        for image in images:
+            if imported.get(image["name"]) == image["id"] and image["name"] in present:
+                continue
+            t0 = time.monotonic()
+            self.ctr("images", "import", image["archive"])
+            imported[image["name"]] = image["id"]
+            stamp.write_text(json.dumps(imported, indent=1))
+            log(f"Imported {image['name']} into containerd in {time.monotonic() - t0:.1f}s")
+
+    def wait_ready(self, kubectl, deadline: float) -> None:
+        def ready() -> bool:
+            out = kubectl("get", "node", NAME, "-o", "json", check=False)
+            if out.returncode != 0:
+                return False
+            conditions = json.loads(out.stdout).get("status", {}).get("conditions", [])
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        self._wait(f"node {NAME} Ready", ready, deadline, "kubelet")
+
+    def _wait(self, what: str, check: Callable[[], bool], deadline: float, component: str) -> None:
+        while time.monotonic() < deadline:
+            if running_pid(self.pid_path(component)) is None:
+                raise NodeError(f"{component} exited while waiting for {what}; last log lines:\n"
+                                f"{self.log_tail(component)}")
+            if check():
+                return
+            time.sleep(0.25)
+        raise NodeError(f"timed out waiting for {what}; last {component} log lines:\n{self.log_tail(component)}")
+
+    def log_tail(self, component: str, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path(component).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"(no log for {component})"
+
+    def stop(self, log: Log) -> None:
+        """Pods first (through containerd, which tears their networks down), then everything else."""
+        self._stop("kube-proxy", log)
+        self._stop("kubelet", log)
+        if running_pid(self.pid_path("containerd")) is not None:
+            self.crictl("rmp", "--force", "--all", check=False, timeout=120)
+        self._stop("containerd", log)
+        removed = self.sweep()
+        if removed:
+            log(f"Removed {', '.join(removed)}")
+
+    def sweep(self) -> list[str]:
+        """Remove what a node (running or killed) left: processes, mounts, cgroups, network, state."""
+        removed = []
+        strays = leftovers.daemons(self.paths.root) | set(leftovers.shim_pids(self.paths.containerd_socket))
+        if strays:
+            leftovers.kill_pids(strays)
+            removed.append(f"{len(strays)} node processes")
+        killed = leftovers.kill_node_processes(self.paths.containerd_socket)
+        if killed:
+            removed.append(f"{killed} container processes")
+        points = leftovers.unmount_all(self.paths.root)
+        if points:
+            removed.append(f"{len(points)} mounts")
+        cgroups = leftovers.remove_cgroups()
+        if cgroups:
+            removed.append(f"{cgroups} kubepods cgroups")
+        leftovers.remove_log_links(self.paths.pod_logs)
+        leftovers.remove_shim_socket_dir()
+        chains = hostnet.sweep_iptables()
+        if chains:
+            removed.append(f"{len(chains)} iptables chains")
+        if hostnet.delete_bridge():
+            removed.append(f"bridge {hostnet.BRIDGE}")
+        saved_file = self.paths.root / "sysctls.json"
+        if saved_file.exists():
+            changed = hostnet.restore_sysctls(json.loads(saved_file.read_text()))
+            if changed:
+                removed.append(f"sysctls {', '.join(changed)} put back")
+        if self.paths.root.exists() and not leftovers.mounts_under(self.paths.root):
+            shutil.rmtree(self.paths.root, ignore_errors=True)
+        return removed
+
+    def leftovers(self) -> list[str]:
+        """What the node would leave behind now (empty after ``stop``): for the cleanup test."""
+        found = [f"process {p}" for p in sorted(leftovers.daemons(self.paths.root)
+                                                | set(leftovers.shim_pids(self.paths.containerd_socket))
+                                                | leftovers.pod_pids())]
+        found += [f"mount {m}" for m in leftovers.mounts_under(self.paths.root)]
+        found += [f"cgroup {c}" for c in leftovers.kubepods_cgroups()]
+        found += hostnet.leftover_chains()
+        if hostnet.bridge_exists():
+            found.append(f"bridge {hostnet.BRIDGE}")
+        return found
