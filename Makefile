@@ -38,6 +38,7 @@ include hack/images.mk
 # plane and the metrics adapter into ~/.cache/kubeinfer on first use; installs Prometheus).
 test: venv cluster-build e2e-deps perf-analyzer lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m lifecycle tests/lifecycle $(PYTEST_ARGS)
 
 # Everything that needs no cluster.
 test-fast: venv

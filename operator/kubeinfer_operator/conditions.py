@@ -25,6 +25,7 @@ UNSCHEDULABLE = "Unschedulable"
 MODEL_FETCH_FAILED = "ModelFetchFailed"
 IMAGE_PULL_FAILED = "ImagePullFailed"
 SERVER_CRASH_LOOP = "ServerCrashLoop"
+SERVER_RESTARTED = "ServerRestarted"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 SCALED_TO_ZERO = "ScaledToZero"
 AS_EXPECTED = "AsExpected"
@@ -95,7 +96,8 @@ def pod_problem(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]]) -> Probl
         for problem in (_fetch_problem(spec, pod), _server_problem(pod), _scheduling_problem(spec, pod)):
             if problem is not None:
                 found.setdefault(problem.reason, problem)
-    for reason in (MODEL_FETCH_FAILED, IMAGE_PULL_FAILED, SERVER_CRASH_LOOP, WAITING_FOR_GPU, UNSCHEDULABLE):
+    for reason in (MODEL_FETCH_FAILED, IMAGE_PULL_FAILED, SERVER_CRASH_LOOP, SERVER_RESTARTED, WAITING_FOR_GPU,
+                   UNSCHEDULABLE):
         if reason in found:
             return found[reason]
     return None
@@ -121,7 +123,19 @@ def _server_problem(pod: Mapping[str, Any]) -> Problem | None:
             return Problem(IMAGE_PULL_FAILED, f"Cannot pull image {status.get('image')}: {waiting}")
         if waiting == "CrashLoopBackOff":
             return Problem(SERVER_CRASH_LOOP, f"The server keeps exiting: {_failed(status) or waiting}")
+        # Killed or exited once and restarted by the kubelet, not serving again yet.
+        if not status.get("ready") and _get(status, "lastState", "terminated"):
+            return Problem(SERVER_RESTARTED, f"The server restarted after it exited "
+                                             f"({_exit(_get(status, 'lastState', 'terminated'))}); "
+                                             f"{status.get('restartCount', 0)} restarts so far")
     return None
+
+
+def _exit(terminated: Mapping[str, Any]) -> str:
+    code = terminated.get("exitCode", 0)
+    # 128 + n: killed by signal n (137: SIGKILL, e.g. the OOM killer or a kill -9).
+    signal = f", signal {code - 128}" if code > 128 else ""
+    return f"exit code {code}{signal}: {terminated.get('reason', 'Error')}"
 
 
 def _failed(status: Mapping[str, Any]) -> str | None:

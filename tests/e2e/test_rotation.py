@@ -1,10 +1,10 @@
 """End to end: certificate rotation reaches the running server (issue 6, test 3).
 
 The rotation is forced by changing spec.tls.certificateDurationSeconds: the operator
-reissues the server and client certificates, the runner swaps the Secret volume
-(atomic ..data symlink, as the kubelet does), the server re-reads the files at the
-next handshake. A new connection then sees the new certificate, and requests that
-run across the rotation (on open connections and on fresh ones) all succeed.
+reissues the server and client certificates, the real node's kubelet updates the
+Secret volume of the running pod, the server re-reads the files at the next handshake.
+A new connection then sees the new certificate, and requests that run across the
+rotation (on open connections and on fresh ones) all succeed.
 """
 
 from __future__ import annotations

@@ -147,6 +147,17 @@ def test_image_pull_and_crash_loop(make_spec):
     assert problem.reason == "ServerCrashLoop" and "model is not ONNX" in problem.message
 
 
+def test_a_restarted_server_not_ready_yet_is_degraded_until_it_serves(make_spec):
+    restarting = {"name": "server", "ready": False, "restartCount": 1, "state": {"running": {}},
+                  "lastState": {"terminated": {"exitCode": 137, "reason": "Error"}}}
+    pod = {"metadata": {"name": "a"}, "status": {"containerStatuses": [restarting]}}
+    problem = pod_problem(make_spec(), [pod])
+    assert problem.reason == "ServerRestarted"
+    assert "exit code 137, signal 9: Error" in problem.message and "1 restarts" in problem.message
+    serving = {**restarting, "ready": True}
+    assert pod_problem(make_spec(), [{"metadata": {"name": "a"}, "status": {"containerStatuses": [serving]}}]) is None
+
+
 def test_terminating_pods_are_ignored(make_spec):
     pod = _unschedulable("0/3 nodes are available")
     pod["metadata"]["deletionTimestamp"] = "2026-03-01T12:00:00Z"

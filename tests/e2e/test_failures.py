@@ -1,0 +1,71 @@
+"""End to end: what the real kubelet reports about a server that cannot run becomes the status.
+
+  * an image that was never imported (there is no registry): ImagePullFailed;
+  * a model file that is not ONNX: the server exits at start, the kubelet backs off,
+    ServerCrashLoop with the server's last error line;
+  * a server container killed with SIGKILL: the kubelet restarts it, the
+    InferenceDeployment says Degraded (ServerRestarted, exit code 137), then Ready
+    and not Degraded once the restarted server serves again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from e2e.test_serving import apply, condition, infd
+from e2ekit.clients import get_json
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+
+
+def reason_is(cluster, ns: str, name: str, reason: str, kind: str = "Ready"):
+    return lambda: (lambda c: c if c.get("reason") == reason else None)(condition(cluster, ns, name, kind))
+
+
+def test_an_image_that_cannot_be_pulled_is_image_pull_failed(cluster, stack, installed):
+    ns = installed.apps
+    apply(cluster, infd("noimage", ns, stack.store.url("mlp.onnx"), replicas=1,
+                        runtime={"image": "kubeinfer/server:not-built"}))
+    cond = cluster.wait_for("Ready=False ImagePullFailed", reason_is(cluster, ns, "noimage", "ImagePullFailed"),
+                            timeout=90)
+    assert "kubeinfer/server:not-built" in cond["message"]
+    assert condition(cluster, ns, "noimage", "Degraded")["reason"] == "ImagePullFailed"
+
+
+def test_a_server_that_exits_at_start_is_server_crash_loop(cluster, stack, installed):
+    ns = installed.apps
+    (stack.store_dir / "broken.onnx").write_bytes(b"this is not an ONNX model")
+    apply(cluster, infd("broken", ns, stack.store.url("broken.onnx"), replicas=1))
+    cond = cluster.wait_for("Ready=False ServerCrashLoop", reason_is(cluster, ns, "broken", "ServerCrashLoop"),
+                            timeout=120)
+    assert "exit code" in cond["message"], cond
+
+
+def _server_pid(cluster, ns: str, pod: str) -> int:
+    node = cluster._impl.node
+    ids = node.crictl("ps", "--name", "^server$", "--label", f"io.kubernetes.pod.name={pod}",
+                      "--label", f"io.kubernetes.pod.namespace={ns}", "-q").stdout.split()
+    assert len(ids) == 1, ids
+    return json.loads(node.crictl("inspect", ids[0]).stdout)["info"]["pid"]
+
+
+def test_a_sigkilled_server_is_restarted_and_the_deployment_recovers(cluster, stack, installed):
+    ns, name = installed.apps, "killed"
+    apply(cluster, infd(name, ns, stack.store.url("mlp.onnx"), replicas=1))
+    cluster.wait_for("Ready", reason_is(cluster, ns, name, "Available"), timeout=120)
+    pod = get_json(cluster, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={name}")["items"][0]
+    os.kill(_server_pid(cluster, ns, pod["metadata"]["name"]), signal.SIGKILL)
+    t0 = time.monotonic()
+    degraded = cluster.wait_for("Degraded=True ServerRestarted",
+                                reason_is(cluster, ns, name, "ServerRestarted", "Degraded"), timeout=60, interval=0.2)
+    assert degraded["status"] == "True" and "exit code 137, signal 9" in degraded["message"], degraded
+    cluster.wait_for("Ready=True again", reason_is(cluster, ns, name, "Available"), timeout=90)
+    assert condition(cluster, ns, name, "Degraded")["status"] == "False"
+    restarted = get_json(cluster, "pod", pod["metadata"]["name"], "-n", ns)["status"]["containerStatuses"][0]
+    assert restarted["restartCount"] == 1
+    print(f"SIGKILL -> Available again in {time.monotonic() - t0:.1f}s")

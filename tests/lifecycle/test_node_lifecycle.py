@@ -1,0 +1,105 @@
+"""A killed cluster is cleaned up by the next ``up``; ``down`` leaves nothing behind.
+
+Run in a pytest session of its own (``make test`` runs ``pytest -m lifecycle
+tests/lifecycle`` after the suite; the default run deselects the ``lifecycle`` marker):
+it owns the machine's one real node, which the suite's cluster would otherwise hold.
+
+The first cluster runs a pod and a Service, then every one of its processes is killed
+with SIGKILL, as when the machine's ``make cluster-up`` shell is killed: containerd's
+shims and the containers outlive it, with their mounts, cgroups, iptables chains and
+the bridge. The second ``up`` must clean that up and come up; its ``down`` must leave
+no process, mount, cgroup, bridge, iptables chain, network namespace or sysctl change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from localcluster import Cluster, hostnet, leftovers, missing_binaries
+from localcluster import node as real_node
+from localcluster.nodeconfig import NAME, PLACEMENT
+from support.required import missing
+
+pytestmark = [pytest.mark.cluster, pytest.mark.lifecycle]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _workload(cluster: Cluster) -> None:
+    image = real_node.image_named(real_node.built_images(), "server")
+    sleeper = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper", "namespace": "default",
+                                                                "labels": {"app": "sleeper"}},
+               "spec": {**PLACEMENT, "containers": [{"name": "main", "image": image, "ports": [
+                   {"containerPort": 8080}], "command": ["python", "-c", "import time; time.sleep(3600)"]}]}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sleeper", "namespace": "default"},
+               "spec": {"selector": {"app": "sleeper"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                          "items": [sleeper, service]}))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        pod = json.loads(cluster.kubectl("get", "pod", "sleeper", "-o", "json").stdout)
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", [])):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the sleeper pod never turned Ready on the real node")
+
+
+def _kill_everything(cluster: Cluster) -> None:
+    for component, pid in cluster.running().items():
+        assert pid, f"{component} was not running"
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(1)
+
+
+def _netns_mounts() -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if " nsfs " in line and "cni-" in line]
+
+
+@pytest.fixture
+def free_node():
+    if missing_binaries():
+        missing(f"{', '.join(missing_binaries())} not built: run make cluster-build")
+    if not real_node.built_images():
+        missing("no images: run make images")
+    if Cluster(REPO / ".cluster").readyz():
+        missing("the cluster of make cluster-up holds the real node: make cluster-down first")
+
+
+def test_up_after_a_killed_run_cleans_up_and_down_leaves_nothing(free_node, tmp_path):
+    sysctls_before = hostnet.read_sysctls([*hostnet.OUR_SYSCTLS, *hostnet.KUBELET_SYSCTLS])
+    netns_before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    first = Cluster(tmp_path / "first")
+    try:
+        first.up(timeout=240)
+        _workload(first)
+        _kill_everything(first)
+        left = first.node.leftovers()
+        assert any(item.startswith("process") for item in left), left   # shims and containers
+        assert any(item.startswith("mount") for item in left), left
+        assert any("KUBE-SERVICES" in item for item in left), left
+        assert f"bridge {hostnet.BRIDGE}" in left
+
+        second = Cluster(tmp_path / "second", tie_to_parent=True)
+        second.up(timeout=240)
+        nodes = json.loads(second.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+        assert NAME in {n["metadata"]["name"] for n in nodes}
+        _workload(second)  # the node runs pods again, from a clean state
+        second.down()
+    finally:
+        first.down()  # a no-op when the second cluster cleaned up; a safety net when a step failed
+    assert second.node.leftovers() == []
+    assert not [p for p in second.running().values() if p]
+    assert not leftovers.daemons(real_node.ROOT)
+    assert not real_node.ROOT.exists()
+    assert not _netns_mounts()
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == netns_before
+    assert hostnet.read_sysctls(sysctls_before) == sysctls_before
+    links = list(leftovers.CONTAINER_LOG_LINKS.glob("*")) if leftovers.CONTAINER_LOG_LINKS.is_dir() else []
+    assert not [link for link in links if link.is_symlink() and os.readlink(link).startswith(str(real_node.ROOT))]
