@@ -5,7 +5,7 @@ it, and each visible top-level entry (``tls.crt``) is a symlink to ``..data/<ent
 An update writes a new timestamped directory, points a ``..data_tmp`` symlink at it,
 renames that over ``..data`` (one atomic step, so a reader sees all old or all new
 files) and removes the old directory. That is how a renewed certificate reaches a
-running server; the pod runner's volumes and the server's TLS tests both write it here.
+running server; the server's TLS tests write it here (the real node's kubelet does the same in pods).
 """
 
 from __future__ import annotations

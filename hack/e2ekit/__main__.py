@@ -1,4 +1,4 @@
-"""python -m e2ekit up|down [--dir .cluster]: the pod runner, Prometheus, the adapter, the model store."""
+"""python -m e2ekit up|down [--dir .cluster]: Prometheus, the adapter, the model store."""
 
 import sys
 

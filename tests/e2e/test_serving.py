@@ -1,7 +1,7 @@
 """End to end: the chart's operator pod reconciles an InferenceDeployment whose pods really run.
 
 Covers (issue 6, tests 1, 2 and 5):
-  * helm install -> the operator pod runs on the pod runner with its ServiceAccount
+  * helm install -> the operator pod runs on the real node with its ServiceAccount
     token (in-cluster config, chart RBAC) -> an InferenceDeployment (model from the
     model store, mutual TLS, one allowed client) turns Ready;
   * tritonclient with the client Secret's certificate, dialling a pod IP from the
