@@ -42,10 +42,19 @@ stamp_node="${root}/.stamp-node-${CONTAINERD_VERSION}-${CRICTL_VERSION}"
 node_bins=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr crictl)
 stamp_text="$(grep -v '^#' "${here}/versions.env" | grep -v '^$'; go env GOVERSION)"
 
+have() {  # have <bins...>: every one is built
+  local b; for b in "$@"; do [[ -x "${bin}/${b}" ]] || return 1; done
+}
+
 warm() {  # warm <stamp> <bins...>
   local stamp="$1"; shift
-  [[ -f "${stamp}" && "$(cat "${stamp}")" == "${stamp_text}" ]] || return 1
-  local b; for b in "$@"; do [[ -x "${bin}/${b}" ]] || return 1; done
+  [[ -f "${stamp}" && "$(cat "${stamp}")" == "${stamp_text}" ]] && have "$@"
+}
+
+finish() {  # finish <stamp> <bins...>: check every binary is there, then write the stamp
+  local stamp="$1"; shift
+  have "$@" || die "one of $* is missing in ${bin} after the build"
+  printf '%s\n' "$stamp_text" > "$stamp"
 }
 
 need_go() {
@@ -194,15 +203,11 @@ case "$cmd" in
     need_go; mkdir -p "$bin" "$src"
     log "cold build into ${root} (GOMAXPROCS=${GOMAXPROCS}); expect 10-30 minutes on 2 cores"
     t_all=$SECONDS
-    [[ -x "${bin}/etcd" ]] || timed etcd build_etcd
-    if ! [[ -x "${bin}/kube-apiserver" && -x "${bin}/kube-controller-manager" \
-            && -x "${bin}/kube-scheduler" && -x "${bin}/kubectl" ]]; then
-      timed kubernetes build_kube
-    fi
-    [[ -x "${bin}/kwok" && -d "${root}/kwok-stage" ]] || timed kwok build_kwok
-    [[ -x "${bin}/helm" ]] || timed helm build_helm
-    for b in "${core_bins[@]}"; do [[ -x "${bin}/${b}" ]] || die "missing ${bin}/${b} after build"; done
-    printf '%s\n' "$stamp_text" > "$stamp_core"
+    have etcd || timed etcd build_etcd
+    have kube-apiserver kube-controller-manager kube-scheduler kubectl || timed kubernetes build_kube
+    have kwok && [[ -d "${root}/kwok-stage" ]] || timed kwok build_kwok
+    have helm || timed helm build_helm
+    finish "$stamp_core" "${core_bins[@]}"
     log "control plane built in $((SECONDS - t_all))s: ${bin}"
     "${bin}/kube-apiserver" --version >&2 || true
     ;;
@@ -212,7 +217,7 @@ case "$cmd" in
     fi
     need_go; mkdir -p "$bin" "$src"
     timed prometheus-adapter build_adapter
-    printf '%s\n' "$stamp_text" > "$stamp_adapter"
+    finish "$stamp_adapter" prometheus-adapter
     ;;
   node)
     if warm "$stamp_node" "${node_bins[@]}"; then
@@ -221,12 +226,10 @@ case "$cmd" in
     need_go; mkdir -p "$bin" "$src"
     log "cold build of the real node into ${bin}; expect 5-15 minutes on 2 cores"
     t_all=$SECONDS
-    [[ -x "${bin}/kubelet" && -x "${bin}/kube-proxy" ]] || timed kubelet+kube-proxy build_node_kube
-    [[ -x "${bin}/containerd" && -x "${bin}/containerd-shim-runc-v2" && -x "${bin}/ctr" ]] \
-      || timed containerd build_containerd
-    [[ -x "${bin}/crictl" ]] || timed crictl build_crictl
-    for b in "${node_bins[@]}"; do [[ -x "${bin}/${b}" ]] || die "missing ${bin}/${b} after build"; done
-    printf '%s\n' "$stamp_text" > "$stamp_node"
+    have kubelet kube-proxy || timed kubelet+kube-proxy build_node_kube
+    have containerd containerd-shim-runc-v2 ctr || timed containerd build_containerd
+    have crictl || timed crictl build_crictl
+    finish "$stamp_node" "${node_bins[@]}"
     log "real node built in $((SECONDS - t_all))s"
     ;;
   *) die "unknown command: $cmd (core|adapter|node|tag|bin-dir)" ;;

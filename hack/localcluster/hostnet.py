@@ -96,33 +96,29 @@ def rules_jumping_to(rules: str, chains: set[str]) -> list[list[str]]:
     return found
 
 
-def sweep_iptables() -> list[str]:
-    """Delete our chains and the rules leading to them, in every table, IPv4 and IPv6."""
-    removed = []
+def _tables_with_our_chains():
+    """(tool, table, ``-S`` listing, our chains) for every table that holds one of ours."""
     for tool in ("iptables", "ip6tables"):
         for table in TABLES:
             listing = _run(tool, "-w", "-t", table, "-S", check=False)
-            if listing.returncode != 0:
-                continue
-            chains = our_chains(listing.stdout)
-            if not chains:
-                continue
-            for rule in rules_jumping_to(listing.stdout, chains):
-                _run(tool, "-w", "-t", table, "-D", *rule, check=False)
+            chains = our_chains(listing.stdout) if listing.returncode == 0 else set()
+            if chains:
+                yield tool, table, listing.stdout, chains
+
+
+def sweep_iptables() -> list[str]:
+    """Delete our chains and the rules leading to them, in every table, IPv4 and IPv6."""
+    removed = []
+    for tool, table, rules, chains in _tables_with_our_chains():
+        for rule in rules_jumping_to(rules, chains):
+            _run(tool, "-w", "-t", table, "-D", *rule, check=False)
+        for flag in ("-F", "-X"):  # empty them all first: our chains jump to each other
             for chain in chains:
-                _run(tool, "-w", "-t", table, "-F", chain, check=False)
-            for chain in chains:
-                _run(tool, "-w", "-t", table, "-X", chain, check=False)
-            removed += [f"{tool} {table} {c}" for c in sorted(chains)]
+                _run(tool, "-w", "-t", table, flag, chain, check=False)
+        removed += [f"{tool} {table} {c}" for c in sorted(chains)]
     return removed
 
 
 def leftover_chains() -> list[str]:
     """Our chains still present (for the checks of ``make cluster-down``)."""
-    found = []
-    for tool in ("iptables", "ip6tables"):
-        for table in TABLES:
-            listing = _run(tool, "-w", "-t", table, "-S", check=False)
-            if listing.returncode == 0:
-                found += [f"{tool} {table} {c}" for c in sorted(our_chains(listing.stdout))]
-    return found
+    return [f"{tool} {table} {c}" for tool, table, _, chains in _tables_with_our_chains() for c in sorted(chains)]

@@ -143,7 +143,7 @@ class Node:
         self._wait("containerd's CRI", lambda: self.crictl("info", check=False).returncode == 0,
                    deadline, "containerd")
         self.crictl("rmp", "--force", "--all", check=False)  # sandboxes a killed run left in the store
-        self._import(images, log)
+        self.import_images(images, log)
         log(f"Starting the kubelet and kube-proxy (node {NAME} at {NODE_IP})")
         self._spawn("kubelet", [
             f"--config={self.paths.kubelet_config}", f"--kubeconfig={kubeconfigs['kubelet']}",
@@ -167,8 +167,8 @@ class Node:
         paths.kube_proxy_config.write_text(
             json.dumps(kube_proxy_config(paths, ports, kubeconfigs["kube-proxy"]), indent=1))
 
-    def _import(self, images: list[dict], log: Log) -> None:
-        """``ctr images import`` of each archive whose image is not in the store yet."""
+    def import_images(self, images: list[dict], log: Log) -> None:
+        """``ctr images import`` of each archive whose image is not in the store yet (also while running)."""
         stamp = self.paths.image_store / "kubeinfer-imported.json"
         try:
             imported = json.loads(stamp.read_text())

@@ -30,6 +30,8 @@ PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 SCALED_TO_ZERO = "ScaledToZero"
 AS_EXPECTED = "AsExpected"
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
+# The runtime could not start the container at all (e.g. its command is not in the image).
+START_FAILURE_REASONS = ("StartError", "RunContainerError", "CreateContainerError")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,9 @@ def _fetch_problem(spec: InferenceSpec, pod: Mapping[str, Any]) -> Problem | Non
         waiting = _get(status, "state", "waiting", "reason")
         if waiting in IMAGE_PULL_REASONS:
             return Problem(IMAGE_PULL_FAILED, f"Cannot pull image {status.get('image')}: {waiting}")
+        cannot_start = _start_failure(status)
+        if cannot_start:
+            return cannot_start
         failed = _failed(status)
         if failed:
             return Problem(MODEL_FETCH_FAILED, f"Fetching model {spec.model.uri} failed: {failed}")
@@ -121,6 +126,9 @@ def _server_problem(pod: Mapping[str, Any]) -> Problem | None:
         waiting = _get(status, "state", "waiting", "reason")
         if waiting in IMAGE_PULL_REASONS:
             return Problem(IMAGE_PULL_FAILED, f"Cannot pull image {status.get('image')}: {waiting}")
+        cannot_start = _start_failure(status)
+        if cannot_start:
+            return cannot_start
         if waiting == "CrashLoopBackOff":
             return Problem(SERVER_CRASH_LOOP, f"The server keeps exiting: {_failed(status) or waiting}")
         # Killed or exited once and restarted by the kubelet, not serving again yet.
@@ -136,6 +144,17 @@ def _exit(terminated: Mapping[str, Any]) -> str:
     # 128 + n: killed by signal n (137: SIGKILL, e.g. the OOM killer or a kill -9).
     signal = f", signal {code - 128}" if code > 128 else ""
     return f"exit code {code}{signal}: {terminated.get('reason', 'Error')}"
+
+
+def _start_failure(status: Mapping[str, Any]) -> Problem | None:
+    """The container runtime could not start the container (a server image without the command)."""
+    waiting = _get(status, "state", "waiting") or {}
+    for state in (_get(status, "state", "terminated"), _get(status, "lastState", "terminated"), waiting):
+        if state and state.get("reason") in START_FAILURE_REASONS:
+            detail = (state.get("message") or state["reason"]).strip().splitlines()[-1]
+            return Problem(SERVER_CRASH_LOOP, f"The {status.get('name')} container of image "
+                                              f"{status.get('image')} cannot start: {detail}")
+    return None
 
 
 def _failed(status: Mapping[str, Any]) -> str | None:

@@ -3,6 +3,8 @@
   * an image that was never imported (there is no registry): ImagePullFailed;
   * a model file that is not ONNX: the server exits at start, the kubelet backs off,
     ServerCrashLoop with the server's last error line;
+  * an image without the ``kubeinfer-server`` command (the pause image): the runtime
+    cannot start the container, ServerCrashLoop with the runtime's message;
   * a server container killed with SIGKILL: the kubelet restarts it, the
     InferenceDeployment says Degraded (ServerRestarted, exit code 137), then Ready
     and not Degraded once the restarted server serves again.
@@ -44,6 +46,16 @@ def test_a_server_that_exits_at_start_is_server_crash_loop(cluster, stack, insta
     cond = cluster.wait_for("Ready=False ServerCrashLoop", reason_is(cluster, ns, "broken", "ServerCrashLoop"),
                             timeout=120)
     assert "exit code" in cond["message"], cond
+
+
+def test_an_image_without_the_command_is_server_crash_loop(cluster, stack, installed):
+    from localcluster import node as real_node
+    ns = installed.apps
+    pause = real_node.image_named(real_node.built_images(), "pause")
+    apply(cluster, infd("nocommand", ns, stack.store.url("mlp.onnx"), replicas=1, runtime={"image": pause}))
+    cond = cluster.wait_for("Ready=False ServerCrashLoop", reason_is(cluster, ns, "nocommand", "ServerCrashLoop"),
+                            timeout=120)
+    assert "cannot start" in cond["message"] and "kubeinfer-server" in cond["message"], cond
 
 
 def _server_pid(cluster, ns: str, pod: str) -> int:

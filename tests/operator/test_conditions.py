@@ -147,6 +147,19 @@ def test_image_pull_and_crash_loop(make_spec):
     assert problem.reason == "ServerCrashLoop" and "model is not ONNX" in problem.message
 
 
+def test_a_container_the_runtime_cannot_start_is_server_crash_loop_not_a_fetch_failure(make_spec):
+    # What the kubelet reports when the image lacks the command (here: the fetch init container).
+    message = ('failed to create containerd task: failed to create shim task: OCI runtime create failed: '
+               'exec: "kubeinfer-server": executable file not found in $PATH')
+    fetch = {"name": "fetch", "image": "localhost/kubeinfer/pause:3.10", "restartCount": 1,
+             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+             "lastState": {"terminated": {"exitCode": 128, "reason": "StartError", "message": message}}}
+    problem = pod_problem(make_spec(), [{"metadata": {"name": "a"}, "status": {"initContainerStatuses": [fetch]}}])
+    assert problem.reason == "ServerCrashLoop"
+    assert "fetch container of image localhost/kubeinfer/pause:3.10 cannot start" in problem.message
+    assert "executable file not found" in problem.message
+
+
 def test_a_restarted_server_not_ready_yet_is_degraded_until_it_serves(make_spec):
     restarting = {"name": "server", "ready": False, "restartCount": 1, "state": {"running": {}},
                   "lastState": {"terminated": {"exitCode": 137, "reason": "Error"}}}

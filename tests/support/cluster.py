@@ -10,7 +10,10 @@ stopped at the end (process groups, PR_SET_PDEATHSIG and atexit, so nothing outl
 the run), unless one started by `make cluster-up` already answers at
 .cluster/kubeconfig: that one is reused and left running.
 
-Binaries missing: tests fail under CI=true, otherwise they skip ("run make cluster-build").
+Binaries or images missing: tests fail under CI=true, otherwise they skip ("run make
+cluster-build", "run make images"). The images are brought up to date first
+(hack/build-images.sh: seconds when nothing changed), and a reused cluster's node
+imports what changed, so the operator and servers in pods are the code under test.
 When a test that uses the cluster fails, the tails of the component logs are attached
 to its report (support.reports).
 """
@@ -32,6 +35,7 @@ import pytest
 
 import localcluster
 from support.reports import on_failure
+from support.required import missing
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_COMPONENTS = ("kube-scheduler", "kube-controller-manager", "kwok", "kube-apiserver",
@@ -120,17 +124,30 @@ def _start_private(base: Path):
                 pytest.fail(f"local cluster did not come up: {exc}", pytrace=False)
 
 
+def _build_images() -> None:
+    """The node's images built from this checkout (what ``make images`` does; seconds when nothing
+    changed), so that the operator and servers the tests run are the code under test."""
+    try:
+        proc = subprocess.run([str(REPO / "hack" / "build-images.sh"), "build"], capture_output=True,
+                              text=True, timeout=1800)
+    except OSError as exc:
+        missing(f"the images could not be built ({exc}): run make images")
+    if proc.returncode != 0 or not localcluster.node.built_images():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        missing(f"the images could not be built ({last}): run make images")
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    missing = localcluster.missing_binaries()
-    if missing:
-        missing(f"local control plane not built ({', '.join(missing)} missing in "
+    absent = localcluster.missing_binaries()
+    if absent:
+        missing(f"local control plane not built ({', '.join(absent)} missing in "
                  f"{localcluster.bin_dir()}): run make cluster-build")
-    if not localcluster.node.built_images():
-        missing(f"no images for the real node ({localcluster.node.images_manifest()} missing): run make images")
+    _build_images()
     shared = localcluster.Cluster(REPO / ".cluster")
     if _reusable(shared):
         impl, started = shared, False
+        impl.node.import_images(localcluster.node.built_images(), log=lambda _m: None)
     else:
         impl = _start_private(tmp_path_factory.getbasetemp())
         started = True
