@@ -123,7 +123,14 @@ class Node:
 
     # -- lifecycle ------------------------------------------------------------------
     def prepare(self, log: Log) -> None:
-        """Before the API server: clean up after a killed run, then the bridge and ip_forward."""
+        """Before the API server: clean up after a killed run, then the bridge and ip_forward.
+
+        The node belongs to one cluster at a time: one whose API server still runs keeps it.
+        """
+        owner = self._owner()
+        if owner is not None and owner != self.workdir and running_pid(owner / "kube-apiserver.pid"):
+            raise NodeError(f"the real node belongs to the cluster running in {owner}: stop it first "
+                            f"(make cluster-down, or python -m localcluster down --dir {owner})")
         removed = self.sweep()
         if removed:
             log(f"Cleaned up after an earlier node: {', '.join(removed)}")
@@ -131,7 +138,14 @@ class Node:
         saved = hostnet.read_sysctls([*hostnet.OUR_SYSCTLS, *hostnet.KUBELET_SYSCTLS])
         self.paths.root.mkdir(parents=True, exist_ok=True)
         (self.paths.root / "sysctls.json").write_text(json.dumps(saved, indent=1))
+        (self.paths.root / "owner").write_text(f"{self.workdir}\n")
         hostnet.set_sysctls(hostnet.OUR_SYSCTLS)
+
+    def _owner(self) -> Path | None:
+        try:
+            return Path((self.paths.root / "owner").read_text().strip())
+        except OSError:
+            return None
 
     def start(self, kubeconfigs: dict[str, Path], deadline: float, log: Log) -> None:
         """containerd (images imported), then the kubelet and kube-proxy; waits for the node Ready."""

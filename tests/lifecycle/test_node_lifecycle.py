@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import Cluster, hostnet, leftovers, missing_binaries
+from localcluster import Cluster, ClusterError, hostnet, leftovers, missing_binaries
 from localcluster import node as real_node
 from localcluster.nodeconfig import NAME, PLACEMENT
 from support.required import missing
@@ -68,8 +68,19 @@ def free_node():
         missing(f"{', '.join(missing_binaries())} not built: run make cluster-build")
     if not real_node.built_images():
         missing("no images: run make images")
-    if Cluster(REPO / ".cluster").readyz():
-        missing("the cluster of make cluster-up holds the real node: make cluster-down first")
+    if Cluster(REPO / ".cluster").readyz() or leftovers.daemons(real_node.ROOT):
+        missing("another cluster holds the real node (make cluster-down first)")
+
+
+def test_a_running_clusters_node_is_not_taken(free_node, tmp_path):
+    first = Cluster(tmp_path / "owner", tie_to_parent=True)
+    try:
+        first.up(timeout=240)
+        with pytest.raises(ClusterError, match="belongs to the cluster running in"):
+            Cluster(tmp_path / "intruder", tie_to_parent=True).up(timeout=60)
+        assert first.readyz() and all(first.node.running().values())  # untouched
+    finally:
+        first.down()
 
 
 def test_up_after_a_killed_run_cleans_up_and_down_leaves_nothing(free_node, tmp_path):
