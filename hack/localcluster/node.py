@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from devkit.ports import free_port
-from devkit.processes import alive, kill_group, running_pid, spawn
+from devkit.processes import kill_group, running_pid, spawn
 
 from . import hostnet, leftovers
 from .nodeconfig import (
@@ -100,7 +100,7 @@ class Node:
 
     def _stop(self, component: str, log: Log) -> None:
         pid = running_pid(self.pid_path(component))
-        if pid is not None and alive(pid):
+        if pid is not None:
             kill_group(pid)
             log(f"Stopped {component} (pid {pid})")
         self.pid_path(component).unlink(missing_ok=True)
@@ -127,8 +127,8 @@ class Node:
 
         The node belongs to one cluster at a time: one whose API server still runs keeps it.
         """
-        owner = self._owner()
-        if owner is not None and owner != self.workdir and running_pid(owner / "kube-apiserver.pid"):
+        owner = self._other_owner()
+        if owner is not None:
             raise NodeError(f"the real node belongs to the cluster running in {owner}: stop it first "
                             f"(make cluster-down, or python -m localcluster down --dir {owner})")
         removed = self.sweep()
@@ -141,11 +141,13 @@ class Node:
         (self.paths.root / "owner").write_text(f"{self.workdir}\n")
         hostnet.set_sysctls(hostnet.OUR_SYSCTLS)
 
-    def _owner(self) -> Path | None:
+    def _other_owner(self) -> Path | None:
+        """The work directory of another cluster that holds the node and whose API server runs."""
         try:
-            return Path((self.paths.root / "owner").read_text().strip())
+            owner = Path((self.paths.root / "owner").read_text().strip())
         except OSError:
             return None
+        return owner if owner != self.workdir and running_pid(owner / "kube-apiserver.pid") else None
 
     def start(self, kubeconfigs: dict[str, Path], deadline: float, log: Log) -> None:
         """containerd (images imported), then the kubelet and kube-proxy; waits for the node Ready."""
@@ -224,7 +226,12 @@ class Node:
             return f"(no log for {component})"
 
     def stop(self, log: Log) -> None:
-        """Pods first (through containerd, which tears their networks down), then everything else."""
+        """Pods first (through containerd, which tears their networks down), then everything else.
+
+        A node that another running cluster holds is left alone (this cluster never had it).
+        """
+        if self._other_owner() is not None:
+            return
         self._stop("kube-proxy", log)
         self._stop("kubelet", log)
         if running_pid(self.pid_path("containerd")) is not None:

@@ -27,6 +27,8 @@ from support.reports import on_failure
 from support.required import missing
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "kubeinfer"
+
+
 @dataclass(frozen=True)
 class Stack:
     workdir: Path

@@ -76,8 +76,10 @@ def test_a_running_clusters_node_is_not_taken(free_node, tmp_path):
     first = Cluster(tmp_path / "owner", tie_to_parent=True)
     try:
         first.up(timeout=240)
+        intruder = Cluster(tmp_path / "intruder", tie_to_parent=True)
         with pytest.raises(ClusterError, match="belongs to the cluster running in"):
-            Cluster(tmp_path / "intruder", tie_to_parent=True).up(timeout=60)
+            intruder.up(timeout=60)
+        intruder.down()  # what the test plugin's atexit does after a failed up: must not touch the node
         assert first.readyz() and all(first.node.running().values())  # untouched
     finally:
         first.down()
