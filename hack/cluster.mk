@@ -11,12 +11,15 @@ cluster-build: node-deps
 	@hack/build-controlplane.sh core
 	@hack/build-controlplane.sh node
 
-# Debian's runc, CNI plugins, iptables and conntrack for the real node.
+# Debian's runc, CNI plugins, iptables, conntrack and iproute2 for the real node.
+NODE_TOOLS := /usr/sbin/runc /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/portmap \
+  /usr/lib/cni/loopback /usr/sbin/iptables /usr/sbin/conntrack /usr/bin/ip
 node-deps:
-	@test -x /usr/sbin/runc -a -x /usr/lib/cni/bridge -a -x /usr/sbin/iptables -a -x /usr/sbin/conntrack || { \
-	  echo "Installing Debian's runc, containernetworking-plugins, iptables, conntrack"; \
+	@for tool in $(NODE_TOOLS); do test -x $$tool || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian's runc, containernetworking-plugins, iptables, conntrack, iproute2"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    runc containernetworking-plugins iptables conntrack; }
+	    runc containernetworking-plugins iptables conntrack iproute2; fi
 
 # prometheus-adapter, for the custom-metrics work; separate so a failure here never
 # blocks the core control plane.
