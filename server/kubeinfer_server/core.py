@@ -13,6 +13,9 @@
 4. counts the batch (``accounting.ModelAccount``) and returns the request's
    selected outputs.
 
+A request with more rows than the max batch size is queued as max-batch-size
+pieces whose outputs are joined back in order.
+
 ``Repository`` holds the served models and whether the server takes work. The
 gRPC servicer is a thin adapter over these.
 """
@@ -84,11 +87,27 @@ class ServedModel:
         live = self.account.live
         live.in_flight += 1
         try:
-            outputs, batch_rows = await self.batcher.submit(feeds, feeds.rows, request.deadline)
+            if self.max_batch_size and feeds.rows > self.max_batch_size:
+                outputs, batch_rows = await self._infer_in_pieces(feeds, request.deadline)
+            else:
+                outputs, batch_rows = await self.batcher.submit(feeds, feeds.rows, request.deadline)
         finally:
             live.in_flight -= 1
         specs = self.model.outputs
         return InferResult([(specs[i], outputs[i]) for i in selected], batch_rows)
+
+    async def _infer_in_pieces(self, feeds: Feeds, deadline: float | None) -> tuple[list[np.ndarray], int]:
+        """More rows than a batch holds: queued as max-batch-size pieces, the outputs joined in order.
+
+        A client need not know the server's batch size (MLServer and KServe accept such
+        requests too); every full piece runs as a batch of its own.
+        """
+        size = self.max_batch_size
+        pieces = [Feeds({name: array[start:start + size] for name, array in feeds.arrays.items()},
+                        min(size, feeds.rows - start)) for start in range(0, feeds.rows, size)]
+        answers = await asyncio.gather(*(self.batcher.submit(piece, piece.rows, deadline) for piece in pieces))
+        joined = [np.concatenate([outputs[i] for outputs, _ in answers]) for i in range(len(answers[0][0]))]
+        return joined, feeds.rows
 
     async def close(self) -> None:
         await self.batcher.close()

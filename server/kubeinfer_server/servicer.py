@@ -71,6 +71,10 @@ def decode_request(msg) -> InferRequest:
             raise errors.InvalidInput(
                 f"{len(raw)} raw_input_contents for {len(tensors_in)} inputs; send one per input, in order"
             )
+        both = next((t.name for t in tensors_in if t.HasField("contents") and t.contents.ByteSize()), None)
+        if both is not None:
+            raise errors.InvalidInput(f"input '{both}' has typed contents and the request has raw_input_contents; "
+                                      "the protocol allows one of the two: send all inputs one way")
         inputs = [InputTensor(t.name, t.datatype, tuple(t.shape), data, None)
                   for t, data in zip(tensors_in, raw, strict=True)]
     else:

@@ -181,16 +181,51 @@ def test_expired_deadline_is_dropped_before_compute(slow_model):
         assert int(stats["inference_stats"]["fail"]["count"]) >= 1
 
 
+def _my_sockets() -> set[str]:
+    """The socket inodes this process holds open (``socket:[N]``)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own fd, among others)
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def _client_ports(server_port: int) -> set[int]:
+    """Local ports of this process's established TCP connections to ``server_port`` (/proc/net/tcp)."""
+    mine, ports = _my_sockets(), set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, remote, state, inode = (line.split()[i] for i in (1, 2, 3, 9))
+                if state == "01" and int(remote.rsplit(":", 1)[1], 16) == server_port \
+                        and f"socket:[{inode}]" in mine:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
 def test_connection_age_recycles_without_failures(tmp_path):
+    """With a max connection age the server closes a long-lived client's connection (GOAWAY) and
+    the client reconnects, on a new port, without a failed call; without it, one connection."""
     model = linear(tmp_path / "linear.onnx")
-    with ServerProcess(f"--model=linear={model}", "--max-connection-age-seconds=0.5",
-                       "--grace-seconds=5") as server:
-        client = tc.InferenceServerClient(server.url)
-        x = tc.InferInput("x", [1, 4], "FP32")
-        x.set_data_from_numpy(np.ones((1, 4), np.float32))
-        deadline, calls = time.monotonic() + 2.5, 0
-        while time.monotonic() < deadline:
-            client.infer("linear", [x])
-            calls += 1
-            time.sleep(0.05)
+    seen = {}
+    for age in ("0.5", "0"):
+        with ServerProcess(f"--model=linear={model}", f"--max-connection-age-seconds={age}",
+                           "--grace-seconds=5") as server:
+            client = tc.InferenceServerClient(server.url)
+            x = tc.InferInput("x", [1, 4], "FP32")
+            x.set_data_from_numpy(np.ones((1, 4), np.float32))
+            deadline, calls, ports = time.monotonic() + 2.5, 0, set()
+            while time.monotonic() < deadline:
+                client.infer("linear", [x])  # raises on any failed call
+                ports |= _client_ports(server.grpc_port)
+                calls += 1
+                time.sleep(0.05)
+            client.close()
         assert calls > 10
+        seen[age] = ports
+    assert len(seen["0.5"]) >= 3, f"connections seen with a 0.5 s age over 2.5 s: {sorted(seen['0.5'])}"
+    assert len(seen["0"]) == 1, f"connections seen with no age: {sorted(seen['0'])}"

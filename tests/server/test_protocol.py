@@ -4,7 +4,8 @@ Covers: liveness/readiness, server and model metadata, ModelConfig (what
 perf_analyzer reads), repository index; inference with raw and typed
 contents, every datatype through an identity model, requested-output subsets,
 request id echo, unknown request parameters ignored; predictions equal
-in-process ONNX Runtime; concurrent requests batch together and never cross
+in-process ONNX Runtime; a request with more rows than the max batch size runs
+in pieces; raw and typed contents together are refused; concurrent requests batch together and never cross
 outputs; true ModelStatistics counts; ModelStreamInfer (the requests of one
 stream batch together and come back in order); bad input (wrong
 dtype, wrong shape, missing/unknown input, byte length, unknown model or
@@ -260,9 +261,31 @@ def test_bad_input_gets_clear_errors_and_server_keeps_serving(client):
                   client.infer, "nope", [_input("x", x, "FP32")])
     _expect_error("NOT_FOUND", "model 'linear' has no version '7'",
                   client.infer, "linear", [_input("x", x, "FP32")], model_version="7")
-    _expect_error("INVALID_ARGUMENT", "more than the model's max batch size 32",
-                  client.infer, "linear", [_input("x", np.ones((33, 4), np.float32), "FP32")])
     assert client.infer("linear", [_input("x", x, "FP32")]).as_numpy("logits").shape == (1, 3)
+
+
+def test_more_rows_than_the_max_batch_size_run_in_pieces(client, models):
+    # 32 rows a batch (the default): 75 rows are three pieces, 32 + 32 + 11, joined in order.
+    x = np.random.default_rng(5).standard_normal((75, 4)).astype(np.float32)
+    before = client.get_inference_statistics("linear", as_json=True)["model_stats"][0]
+    result = client.infer("linear", [_input("x", x, "FP32")])
+    want = ort.InferenceSession(models["linear"]).run(None, {"x": x})
+    np.testing.assert_array_equal(result.as_numpy("logits"), want[0])
+    np.testing.assert_array_equal(result.as_numpy("relu"), want[1])
+    after = client.get_inference_statistics("linear", as_json=True)["model_stats"][0]
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 75
+    assert int(after["execution_count"]) - int(before.get("execution_count", 0)) >= 3  # no batch over 32 rows
+
+
+def test_raw_and_typed_contents_together_are_invalid(client):
+    request = service_pb2.ModelInferRequest(model_name="linear")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0, 4.0])
+    request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+    with pytest.raises(grpc.RpcError) as err:
+        client._client_stub.ModelInfer(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'x' has typed contents and the request has raw_input_contents" in err.value.details()
 
 
 def test_missing_input_and_byte_length_mismatch(client):
