@@ -51,6 +51,14 @@ warm() {  # warm <stamp> <bins...>
   [[ -f "${stamp}" && "$(cat "${stamp}")" == "${stamp_text}" ]] && have "$@"
 }
 
+begin() {  # begin <stamp> <what> <bins...>: exit at once when warm, else make ready to build
+  local stamp="$1" what="$2"; shift 2
+  if warm "$stamp" "$@"; then
+    log "warm cache: ${bin} (${what}: nothing to build)"; exit 0
+  fi
+  need_go; mkdir -p "$bin" "$src"
+}
+
 finish() {  # finish <stamp> <bins...>: check every binary is there, then write the stamp
   local stamp="$1"; shift
   have "$@" || die "one of $* is missing in ${bin} after the build"
@@ -197,10 +205,7 @@ case "$cmd" in
   tag) echo "$tag"; exit 0 ;;
   bin-dir) echo "$bin"; exit 0 ;;
   core)
-    if warm "$stamp_core" "${core_bins[@]}"; then
-      log "warm cache: ${bin} (nothing to build)"; exit 0
-    fi
-    need_go; mkdir -p "$bin" "$src"
+    begin "$stamp_core" "control plane" "${core_bins[@]}"
     log "cold build into ${root} (GOMAXPROCS=${GOMAXPROCS}); expect 10-30 minutes on 2 cores"
     t_all=$SECONDS
     have etcd || timed etcd build_etcd
@@ -212,18 +217,12 @@ case "$cmd" in
     "${bin}/kube-apiserver" --version >&2 || true
     ;;
   adapter)
-    if warm "$stamp_adapter" prometheus-adapter; then
-      log "warm cache: ${bin}/prometheus-adapter"; exit 0
-    fi
-    need_go; mkdir -p "$bin" "$src"
+    begin "$stamp_adapter" prometheus-adapter prometheus-adapter
     timed prometheus-adapter build_adapter
     finish "$stamp_adapter" prometheus-adapter
     ;;
   node)
-    if warm "$stamp_node" "${node_bins[@]}"; then
-      log "warm cache: ${bin} (kubelet, kube-proxy, containerd)"; exit 0
-    fi
-    need_go; mkdir -p "$bin" "$src"
+    begin "$stamp_node" "kubelet, kube-proxy, containerd" "${node_bins[@]}"
     log "cold build of the real node into ${bin}; expect 5-15 minutes on 2 cores"
     t_all=$SECONDS
     have kubelet kube-proxy || timed kubelet+kube-proxy build_node_kube
