@@ -171,6 +171,10 @@ class Cluster:
         if any(self.running().values()):
             if self.readyz():
                 log(f"Found the cluster already up ({self.workdir})")
+                try:  # images rebuilt since (make cluster-up builds them first) reach its node
+                    self.node.import_images(real_node.built_images(), log)
+                except real_node.NodeError as exc:
+                    raise ClusterError(str(exc)) from exc
                 return
             log("Found stale cluster processes; stopping them first")
             self.down(log=log)
