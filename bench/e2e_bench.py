@@ -41,7 +41,6 @@ import os
 import platform
 import re
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -75,6 +74,7 @@ from e2ekit.clients import (
 from e2ekit.stack import STORE_PID, store_url
 from localcluster import Cluster
 from localcluster.nodeconfig import NAME as NODE
+from localcluster.pki import kubeconfig_opener
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,12 +117,7 @@ class Kube:
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        pki = cluster.pki
-        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        self._api = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                                urllib.request.HTTPSHandler(context=ctx))
-        self.server = cluster.server
+        self.server, self._api = kubeconfig_opener(cluster.kubeconfig)
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60):
         return self.cluster.kubectl(*args, check=check, input=input, timeout=timeout)

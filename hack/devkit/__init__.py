@@ -7,6 +7,7 @@ imports nothing itself, so the light modules stay light.
 - ``ports``: a free loopback port.
 - ``processes``: liveness by pid, death with the parent, process groups, background processes.
 - ``waiting``: bounded polling.
+- ``direct``: HTTP to our own hosts, never through a proxy, and a 200-or-not probe.
 - ``x509``: every development certificate, issued through ``kubeinfer_operator.certs``.
 - ``secretvolume``: the kubelet's atomic-writer layout of Secret and ConfigMap volumes.
 - ``models``: the sample and test ONNX models (``python -m devkit.models OUTDIR``).

@@ -5,7 +5,7 @@ log file; with ``tie_to_parent`` the kernel kills it when the process that start
 (PR_SET_PDEATHSIG), so a killed test run leaves nothing behind. ``kill_group`` stops such
 a group by pid (also one started by another process, through its pid file);
 ``terminate`` stops a ``Popen`` child. ``alive`` counts a zombie as dead; ``running_pid``
-reads a pid file.
+reads a pid file. ``Daemons``: named processes with pid files and logs in one work directory.
 """
 
 from __future__ import annotations
@@ -119,3 +119,58 @@ def sweep_stale_dirs(root: Path, prefix: str, min_age_s: float = 600) -> None:
             continue
         if old and path.is_dir() and not in_use(path):
             shutil.rmtree(path, ignore_errors=True)
+
+
+class Daemons:
+    """Named background processes, each with ``<name>.pid`` and ``logs/<name>.log`` in ``workdir``.
+
+    The components of the local cluster and its real node, Prometheus and the adapter:
+    started here, found again through their pid files by a later command (``make
+    cluster-down``), stopped as a process group.
+    """
+
+    def __init__(self, workdir: Path, tie_to_parent: bool = False) -> None:
+        self.workdir, self.tie_to_parent = workdir, tie_to_parent
+
+    def pid_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.pid"
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def pid(self, name: str) -> int | None:
+        """The pid of ``name`` while it runs."""
+        return running_pid(self.pid_path(name))
+
+    def start(self, name: str, argv: list[str]) -> int:
+        self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
+        proc = spawn(argv, self.log_path(name), cwd=self.workdir, tie_to_parent=self.tie_to_parent)
+        self.pid_path(name).write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def stop(self, name: str) -> int | None:
+        """Stop ``name`` (SIGTERM, then SIGKILL) and forget its pid file; returns the pid it had."""
+        pid = self.pid(name)
+        if pid is not None:
+            kill_group(pid)
+        self.pid_path(name).unlink(missing_ok=True)
+        return pid
+
+    def log_tail(self, name: str, lines: int = 60) -> str:
+        try:
+            text = self.log_path(name).read_text(errors="replace")
+        except OSError:
+            return f"(no log for {name})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait(self, what: str, check, deadline: float, name: str, error: type[Exception] = RuntimeError,
+             lines: int = 60) -> None:
+        """Poll ``check`` until true while ``name`` runs; ``error`` with its log tail when it exits
+        or the deadline (``time.monotonic()``) passes."""
+        while time.monotonic() < deadline:
+            if self.pid(name) is None:
+                raise error(f"{name} exited while waiting for {what}; last log lines:\n{self.log_tail(name, lines)}")
+            if check():
+                return
+            time.sleep(0.25)
+        raise error(f"timed out waiting for {what}; last {name} log lines:\n{self.log_tail(name, lines)}")

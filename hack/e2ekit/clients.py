@@ -30,13 +30,13 @@ import numpy as np
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
+from devkit.direct import DIRECT
 from localcluster import nodeconfig
 
 # The real node is tainted and labelled: only workloads that ask for it land there.
 NODE_PLACEMENT = nodeconfig.PLACEMENT
 NO_PROXY = [("grpc.enable_http_proxy", 0)]
 # Loopback and the real node's pod subnet: never through a proxy.
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def get_json(cluster, *args: str) -> dict:

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devkit.ports import free_port
-from devkit.processes import alive, kill_group, running_pid, spawn, sweep_stale_dirs
+from devkit.processes import Daemons, sweep_stale_dirs
 
 from . import node as real_node
 from .nodeconfig import NODE_IP, SERVICE_CIDR
 from .nodes import node_manifests
-from .pki import kubeconfig_text, write_pki
+from .pki import kubeconfig_opener, kubeconfig_text, write_pki
 from .versions import bin_dir, missing_binaries
 
 # Start order; teardown runs it backwards (the real node's components stop first).
@@ -96,6 +96,7 @@ class Cluster:
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
         self.bins = Path(self.bins) if self.bins else bin_dir()
+        self.daemons = Daemons(self.workdir, tie_to_parent=self.tie_to_parent)
         self.node = real_node.Node(self.workdir, self.bins, self.pki, tie_to_parent=self.tie_to_parent)
 
     # -- paths ------------------------------------------------------------------------
@@ -111,12 +112,6 @@ class Cluster:
     def state_file(self) -> Path:
         return self.workdir / "state.json"
 
-    def log_path(self, component: str) -> Path:
-        return self.workdir / "logs" / f"{component}.log"
-
-    def pid_path(self, component: str) -> Path:
-        return self.workdir / f"{component}.pid"
-
     def state(self) -> dict:
         try:
             return json.loads(self.state_file.read_text())
@@ -128,11 +123,7 @@ class Cluster:
         return self.state().get("server", "")
 
     def log_tail(self, component: str, lines: int = 60) -> str:
-        try:
-            text = self.log_path(component).read_text(errors="replace")
-        except OSError:
-            return f"(no log for {component})"
-        return "\n".join(text.splitlines()[-lines:])
+        return self.daemons.log_tail(component, lines)
 
     # -- commands ---------------------------------------------------------------------
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
@@ -147,20 +138,17 @@ class Cluster:
 
     def readyz(self, timeout: float = 3.0) -> bool:
         """True when the apiserver answers /readyz with ok (admin client cert)."""
-        server = self.server
-        if not server or not (self.pki / "ca.crt").exists():
+        if not self.server or not (self.pki / "ca.crt").exists():
             return False
-        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
-        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
         try:
-            with urllib.request.urlopen(f"{server}/readyz", context=ctx,
-                                        timeout=timeout) as resp:
+            server, api = kubeconfig_opener(self.kubeconfig)
+            with api.open(f"{server}/readyz", timeout=timeout) as resp:
                 return resp.status == 200
-        except (OSError, urllib.error.URLError, ssl.SSLError):
+        except (OSError, ValueError, KeyError, ssl.SSLError):
             return False
 
     def running(self) -> dict[str, int | None]:
-        return {c: running_pid(self.pid_path(c)) for c in COMPONENTS}
+        return {c: self.daemons.pid(c) for c in COMPONENTS}
 
     # -- lifecycle --------------------------------------------------------------------
     def up(self, timeout: float = 120.0, log: Log = _quiet) -> None:
@@ -212,21 +200,10 @@ class Cluster:
         return self.workdir / f"{user}.kubeconfig"
 
     def _start(self, component: str, args: list[str]) -> None:
-        proc = spawn([str(self.bins / component), *args], self.log_path(component), cwd=self.workdir,
-                     tie_to_parent=self.tie_to_parent)
-        self.pid_path(component).write_text(f"{proc.pid}\n")
+        self.daemons.start(component, [str(self.bins / component), *args])
 
     def _wait(self, what: str, check, deadline: float, component: str) -> None:
-        while time.monotonic() < deadline:
-            pid = self.running().get(component)
-            if pid is None:
-                raise ClusterError(f"{component} exited while waiting for {what}; "
-                                   f"last log lines:\n{self.log_tail(component)}")
-            if check():
-                return
-            time.sleep(0.25)
-        raise ClusterError(f"timed out waiting for {what}; last {component} log lines:\n"
-                           f"{self.log_tail(component)}")
+        self.daemons.wait(what, check, deadline, component, ClusterError)
 
     def _start_all(self, etcd_client, etcd_peer, api_port, etcd_data, deadline, log):
         pki = self.pki
@@ -355,15 +332,9 @@ class Cluster:
     def down(self, log: Log = _quiet) -> None:
         self.node.stop(log)
         for component in reversed(CONTROL_PLANE):
-            path = self.pid_path(component)
-            try:
-                pid = int(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if alive(pid):
-                kill_group(pid)
+            pid = self.daemons.stop(component)
+            if pid is not None:
                 log(f"Stopped {component} (pid {pid})")
-            path.unlink(missing_ok=True)
         data = self.state().get("etcd_data")
         if data and Path(data).name.startswith("kubeinfer-etcd-"):
             shutil.rmtree(data, ignore_errors=True)

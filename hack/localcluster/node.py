@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from devkit.ports import free_port
-from devkit.processes import kill_group, running_pid, spawn
+from devkit.processes import Daemons, running_pid
 
 from . import hostnet, leftovers
 from .nodeconfig import (
@@ -80,30 +80,21 @@ class Node:
 
     def __init__(self, workdir: Path, bins: Path, pki: Path, tie_to_parent: bool = False,
                  root: Path = ROOT) -> None:
-        self.workdir, self.bins, self.pki, self.tie_to_parent = workdir, bins, pki, tie_to_parent
+        self.workdir, self.bins, self.pki = workdir, bins, pki
+        self.daemons = Daemons(workdir, tie_to_parent=tie_to_parent)  # pid files and logs beside the cluster's
         self.paths = NodePaths(root, cache_base() / "node" / "containerd")
 
     # -- processes ----------------------------------------------------------------
-    def pid_path(self, component: str) -> Path:
-        return self.workdir / f"{component}.pid"
-
-    def log_path(self, component: str) -> Path:
-        return self.workdir / "logs" / f"{component}.log"
-
     def running(self) -> dict[str, int | None]:
-        return {c: running_pid(self.pid_path(c)) for c in COMPONENTS}
+        return {c: self.daemons.pid(c) for c in COMPONENTS}
 
     def _spawn(self, component: str, args: list[str]) -> None:
-        proc = spawn([str(self.bins / component), *args], self.log_path(component), cwd=self.workdir,
-                     tie_to_parent=self.tie_to_parent)
-        self.pid_path(component).write_text(f"{proc.pid}\n")
+        self.daemons.start(component, [str(self.bins / component), *args])
 
     def _stop(self, component: str, log: Log) -> None:
-        pid = running_pid(self.pid_path(component))
+        pid = self.daemons.stop(component)
         if pid is not None:
-            kill_group(pid)
             log(f"Stopped {component} (pid {pid})")
-        self.pid_path(component).unlink(missing_ok=True)
 
     def crictl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         endpoint = f"unix://{self.paths.containerd_socket}"
@@ -210,20 +201,7 @@ class Node:
         self._wait(f"node {NAME} Ready", ready, deadline, "kubelet")
 
     def _wait(self, what: str, check: Callable[[], bool], deadline: float, component: str) -> None:
-        while time.monotonic() < deadline:
-            if running_pid(self.pid_path(component)) is None:
-                raise NodeError(f"{component} exited while waiting for {what}; last log lines:\n"
-                                f"{self.log_tail(component)}")
-            if check():
-                return
-            time.sleep(0.25)
-        raise NodeError(f"timed out waiting for {what}; last {component} log lines:\n{self.log_tail(component)}")
-
-    def log_tail(self, component: str, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path(component).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return f"(no log for {component})"
+        self.daemons.wait(what, check, deadline, component, NodeError, lines=40)
 
     def stop(self, log: Log) -> None:
         """Pods first (through containerd, which tears their networks down), then everything else.
@@ -234,17 +212,21 @@ class Node:
             return
         self._stop("kube-proxy", log)
         self._stop("kubelet", log)
-        if running_pid(self.pid_path("containerd")) is not None:
+        if self.daemons.pid("containerd") is not None:
             self.crictl("rmp", "--force", "--all", check=False, timeout=120)
         self._stop("containerd", log)
         removed = self.sweep()
         if removed:
             log(f"Removed {', '.join(removed)}")
 
+    def _node_processes(self) -> set[int]:
+        """The node's daemons (by their command lines) and containerd's shims for its socket."""
+        return leftovers.daemons(self.paths.root) | set(leftovers.shim_pids(self.paths.containerd_socket))
+
     def sweep(self) -> list[str]:
         """Remove what a node (running or killed) left: processes, mounts, cgroups, network, state."""
         removed = []
-        strays = leftovers.daemons(self.paths.root) | set(leftovers.shim_pids(self.paths.containerd_socket))
+        strays = self._node_processes()
         if strays:
             leftovers.kill_pids(strays)
             removed.append(f"{len(strays)} node processes")
@@ -275,9 +257,7 @@ class Node:
 
     def leftovers(self) -> list[str]:
         """What the node would leave behind now (empty after ``stop``): for the cleanup test."""
-        found = [f"process {p}" for p in sorted(leftovers.daemons(self.paths.root)
-                                                | set(leftovers.shim_pids(self.paths.containerd_socket))
-                                                | leftovers.pod_pids())]
+        found = [f"process {p}" for p in sorted(self._node_processes() | leftovers.pod_pids())]
         found += [f"mount {m}" for m in leftovers.mounts_under(self.paths.root)]
         found += [f"cgroup {c}" for c in leftovers.kubepods_cgroups()]
         found += hostnet.leftover_chains()

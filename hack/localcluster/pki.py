@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import ssl
+import urllib.request
 from pathlib import Path
 
 from .nodeconfig import NAME as NODE_NAME
@@ -52,6 +54,18 @@ def write_pki(pki: Path) -> None:
     front_proxy = x509.make_ca("kubeinfer-front-proxy-ca", duration=10 * YEAR)
     front_proxy.write(pki, "front-proxy-ca")
     x509.issue(front_proxy, "front-proxy-client", duration=YEAR).write(pki, "front-proxy-client")
+
+
+def kubeconfig_opener(kubeconfig: Path) -> tuple[str, urllib.request.OpenerDirector]:
+    """The server of one of these kubeconfigs and an opener that calls it with its client
+    certificate, never through a proxy (for polling the API without kubectl)."""
+    config = json.loads(Path(kubeconfig).read_text())
+    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+    context = ssl.create_default_context(cafile=cluster["certificate-authority"])
+    context.load_cert_chain(user["client-certificate"], user["client-key"])
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=context))
+    return cluster["server"].rstrip("/"), opener
 
 
 def kubeconfig_text(server: str, pki: Path, user: str = "admin") -> str:

@@ -8,14 +8,14 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from devkit.direct import http_ok
 from devkit.ports import free_port
-from devkit.processes import kill_group, running_pid, spawn
+from devkit.processes import Daemons
 
 REPO = Path(__file__).resolve().parents[2]
 ADAPTER_RULES = REPO / "charts" / "kubeinfer" / "files" / "prometheus-adapter-rules.yaml"
@@ -26,7 +26,6 @@ PROCESSES = ("prometheus", "prometheus-targets", "prometheus-adapter")
 NAMESPACE = "kubeinfer-monitoring"
 VERSIONS = ("v1beta1", "v1beta2")
 Log = Callable[[str], None]
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class MissingComponent(RuntimeError):
@@ -52,14 +51,8 @@ def prometheus_config(targets_file: Path) -> dict:
     }
 
 
-def _spawn(workdir: Path, name: str, argv: list[str], tie_to_parent: bool) -> int:
-    proc = spawn(argv, workdir / "logs" / f"{name}.log", cwd=workdir, tie_to_parent=tie_to_parent)
-    (workdir / f"{name}.pid").write_text(f"{proc.pid}\n")
-    return proc.pid
-
-
 def running(workdir: Path) -> dict[str, int | None]:
-    return {name: running_pid(workdir / f"{name}.pid") for name in PROCESSES}
+    return {name: Daemons(workdir).pid(name) for name in PROCESSES}
 
 
 def _kubectl(bins: Path, kubeconfig: Path, *args: str, input: str | None = None,
@@ -107,32 +100,31 @@ def start(workdir: Path, kubeconfig: Path, bins: Path, tie_to_parent: bool = Fal
         if not os.access(path, os.X_OK):
             raise MissingComponent(f"{path} missing: run {hint}")
     workdir = workdir.resolve()
-    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    daemons = Daemons(workdir, tie_to_parent)
     stop(workdir, kubeconfig, bins)
     prom_port, adapter_port = free_port(), free_port()
     targets = workdir / "prometheus-targets.json"
     targets.write_text("[]")
-    _spawn(workdir, "prometheus-targets", [sys.executable, "-m", "monitoring.targets", str(kubeconfig),
-                                           str(targets)], tie_to_parent)
+    daemons.start("prometheus-targets", [sys.executable, "-m", "monitoring.targets", str(kubeconfig), str(targets)])
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(targets)))
     data = workdir / "prometheus-data"
     shutil.rmtree(data, ignore_errors=True)
     log(f"Starting Prometheus on 127.0.0.1:{prom_port}")
-    _spawn(workdir, "prometheus", [
+    daemons.start("prometheus", [
         str(PROMETHEUS), f"--config.file={workdir / 'prometheus.yml'}",
         f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{prom_port}",
-        "--storage.tsdb.retention.time=2h", "--web.enable-lifecycle"], tie_to_parent)
+        "--storage.tsdb.retention.time=2h", "--web.enable-lifecycle"])
     prom_url = f"http://127.0.0.1:{prom_port}"
-    _wait("Prometheus /-/ready", lambda: _http_ok(f"{prom_url}/-/ready"), timeout,
+    _wait("Prometheus /-/ready", lambda: http_ok(f"{prom_url}/-/ready"), timeout,
           [workdir / "logs" / "prometheus.log"])
     log(f"Starting prometheus-adapter on 127.0.0.1:{adapter_port}")
     (workdir / "adapter-certs").mkdir(exist_ok=True)
-    _spawn(workdir, "prometheus-adapter", [
+    daemons.start("prometheus-adapter", [
         str(adapter), f"--prometheus-url={prom_url}", f"--config={ADAPTER_RULES}",
         "--metrics-relist-interval=2s", f"--secure-port={adapter_port}",
         "--bind-address=127.0.0.1", f"--cert-dir={workdir / 'adapter-certs'}",
         f"--lister-kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}", "--v=1"], tie_to_parent)
+        f"--authorization-kubeconfig={kubeconfig}", "--v=1"])
     _kubectl(bins, kubeconfig, "create", "namespace", NAMESPACE, check=False)
     _kubectl(bins, kubeconfig, "apply", "-f", "-",
              input=json.dumps({"apiVersion": "v1", "kind": "List", "items": _registration(adapter_port)}))
@@ -153,21 +145,13 @@ def start(workdir: Path, kubeconfig: Path, bins: Path, tie_to_parent: bool = Fal
     return state
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def stop(workdir: Path, kubeconfig: Path, bins: Path, log: Log = lambda _m: None) -> None:
     """APIServices first (an unavailable aggregated API slows every discovery), then processes."""
     if Path(kubeconfig).exists():
         _kubectl(bins, kubeconfig, "delete", "apiservice", "--ignore-not-found", "--wait=false",
                  *[f"{v}.custom.metrics.k8s.io" for v in VERSIONS], check=False)
-    for name, pid in running(workdir).items():
-        if pid:
-            kill_group(pid)
+    daemons = Daemons(workdir)
+    for name in PROCESSES:
+        pid = daemons.stop(name)
+        if pid is not None:
             log(f"Stopped {name} (pid {pid})")
-        (workdir / f"{name}.pid").unlink(missing_ok=True)

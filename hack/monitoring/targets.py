@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import sys
 import time
 import urllib.parse
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from localcluster.nodeconfig import NAME as NODE
+from localcluster.pki import kubeconfig_opener
 
 INTERVAL_S = 1.0
 
@@ -38,16 +38,6 @@ def targets(pods: list[dict]) -> list[dict]:
     return sorted(found, key=lambda t: t["targets"])
 
 
-def _opener(kubeconfig: Path) -> tuple[str, urllib.request.OpenerDirector]:
-    config = json.loads(kubeconfig.read_text())
-    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
-    context = ssl.create_default_context(cafile=cluster["certificate-authority"])
-    context.load_cert_chain(user["client-certificate"], user["client-key"])
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                         urllib.request.HTTPSHandler(context=context))
-    return cluster["server"].rstrip("/"), opener
-
-
 def write(path: Path, entries: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(entries, indent=1))
@@ -56,7 +46,7 @@ def write(path: Path, entries: list[dict]) -> None:
 
 def main(argv: list[str]) -> int:
     kubeconfig, out = Path(argv[0]), Path(argv[1])
-    server, opener = _opener(kubeconfig)
+    server, opener = kubeconfig_opener(kubeconfig)
     url = f"{server}/api/v1/pods?" + urllib.parse.urlencode({"fieldSelector": f"spec.nodeName={NODE}"})
     last = None
     while True:

@@ -15,13 +15,13 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from devkit.direct import http_ok
 from devkit.ports import free_port
 from devkit.processes import terminate
 
@@ -104,12 +104,7 @@ class OperatorRun:
 
     def healthy(self) -> bool:
         """kopf's liveness endpoint (the chart's livenessProbe path) answers 200."""
-        try:
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
-            with opener.open(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -20,17 +20,16 @@ import json
 import subprocess
 import threading
 import time
-import urllib.request
 
 import pytest
 
+from devkit.direct import http_ok
 from devkit.ports import free_port
 from localcluster import node as real_node
 from localcluster.nodeconfig import NAME as NODE
 from localcluster.nodeconfig import NODE_IP, PLACEMENT
 
 pytestmark = pytest.mark.cluster
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 SLEEP = "import time; print('hello from the real node', flush=True); time.sleep(3600)"
 HTTP = "import http.server as h; h.ThreadingHTTPServer(('', 8080), h.SimpleHTTPRequestHandler).serve_forever()"
 
@@ -127,15 +126,8 @@ def test_probes_port_forward_and_a_service_from_host_and_pod(cluster, namespace)
                     "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
     wait_ready(cluster, namespace, "web")
     cluster_ip = get(cluster, "service", "web", "-n", namespace)["spec"]["clusterIP"]
-
-    def answers(url: str) -> bool:
-        try:
-            with DIRECT.open(url, timeout=3) as response:
-                return response.status == 200
-        except OSError:
-            return False
     cluster.wait_for(f"the ClusterIP {cluster_ip} from the host (kube-proxy)",
-                     lambda: answers(f"http://{cluster_ip}/"), timeout=60)
+                     lambda: http_ok(f"http://{cluster_ip}/", timeout=3), timeout=60)
     apply(cluster, pod("client", namespace, SLEEP))
     wait_ready(cluster, namespace, "client")
     got = run_in(cluster, namespace, "client",
@@ -147,7 +139,7 @@ def test_probes_port_forward_and_a_service_from_host_and_pod(cluster, namespace)
                                 "port-forward", "-n", namespace, "pod/web", f"{port}:8080"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        cluster.wait_for("kubectl port-forward", lambda: answers(f"http://127.0.0.1:{port}/"), timeout=30)
+        cluster.wait_for("kubectl port-forward", lambda: http_ok(f"http://127.0.0.1:{port}/", timeout=3), timeout=30)
     finally:
         forward.terminate()
         forward.wait(10)

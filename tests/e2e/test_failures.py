@@ -59,7 +59,7 @@ def test_an_image_without_the_command_is_server_crash_loop(cluster, stack, insta
 
 
 def _server_pid(cluster, ns: str, pod: str) -> int:
-    node = cluster._impl.node
+    node = cluster.node
     ids = node.crictl("ps", "--name", "^server$", "--label", f"io.kubernetes.pod.name={pod}",
                       "--label", f"io.kubernetes.pod.namespace={ns}", "-q").stdout.split()
     assert len(ids) == 1, ids

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.waiting import wait_for
 from localcluster import Cluster, ClusterError, hostnet, leftovers, missing_binaries
 from localcluster import node as real_node
 from localcluster.nodeconfig import NAME, PLACEMENT
@@ -41,13 +42,10 @@ def _workload(cluster: Cluster) -> None:
                "spec": {"selector": {"app": "sleeper"}, "ports": [{"port": 80, "targetPort": 8080}]}}
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                           "items": [sleeper, service]}))
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         pod = json.loads(cluster.kubectl("get", "pod", "sleeper", "-o", "json").stdout)
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", [])):
-            return
-        time.sleep(0.5)
-    raise AssertionError("the sleeper pod never turned Ready on the real node")
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+    wait_for(ready, timeout=90, what="the sleeper pod Ready on the real node", interval=0.5)
 
 
 def _kill_everything(cluster: Cluster) -> None:

@@ -78,6 +78,11 @@ class LocalCluster:
                                  f"{proc.stdout}{proc.stderr}")
         return proc
 
+    @property
+    def node(self):
+        """The cluster's real node (``localcluster.node.Node``: crictl, its processes)."""
+        return self._impl.node
+
     def logs(self, component: str, lines: int = 60) -> str:
         """The last lines of a component log (etcd, kube-apiserver, ..., kwok)."""
         return self._impl.log_tail(component, lines)
