@@ -112,7 +112,7 @@ def _start(settings: Settings, model: str, path: Path) -> Servers:
         port, metrics = free_port(), free_port()
         servers.server = harness.Process(
             [settings.server_bin, "serve", "--model", f"{model}={path}", "--host", "127.0.0.1",
-             "--grpc-port", str(port), "--metrics-port", str(metrics),
+             "--grpc-port", str(port), "--http-port", str(free_port()), "--metrics-port", str(metrics),
              *([] if "--intra-op-threads" in " ".join(settings.server_args)
                else ["--intra-op-threads", str(settings.threads)]),
              "--providers", settings.providers,

@@ -23,7 +23,7 @@ if [ "$TARGET" = echo ]; then
   PID=$(pgrep -P "$GROUP" -f multiprocessing | tail -1)
 else
   setsid .venv/bin/kubeinfer-server serve --model "m=$MODEL" --host 127.0.0.1 --grpc-port "$PORT" \
-    --metrics-port "$MPORT" "$@" > "$WORK/server.log" 2>&1 &
+    --http-port 0 --metrics-port "$MPORT" "$@" > "$WORK/server.log" 2>&1 &
   GROUP=$!; PID=$GROUP
   for _ in $(seq 300); do curl -sf "localhost:$MPORT/readyz" > /dev/null && break; sleep 0.1; done
 fi

@@ -26,14 +26,14 @@ import tritonclient.grpc as tc
 from devkit.models import make_mlp
 
 SERVER = Path(sys.executable).parent / "kubeinfer-server"
-READY = re.compile(r"on gRPC port (\d+), metrics port (\d+)")
+READY = re.compile(r"on gRPC port (\d+), HTTP port \d+, metrics port (\d+)")
 
 
 def start_server(model: Path, log_path: Path) -> tuple[subprocess.Popen, int, int]:
     log = open(log_path, "wb")
     proc = subprocess.Popen(
         [str(SERVER), "serve", "--model", f"mlp={model}", "--host", "127.0.0.1", "--grpc-port", "0",
-         "--metrics-port", "0", "--access-log-sample-rate", "0.01"],
+         "--http-port", "0", "--metrics-port", "0", "--access-log-sample-rate", "0.01"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60

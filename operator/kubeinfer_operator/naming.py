@@ -18,6 +18,7 @@ HANDOVER_MANAGER = "kubeinfer-handover-to-hpa"
 MANAGED_BY = "kubeinfer"
 SERVER_APP = "kubeinfer-server"
 
+HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
 QUEUE_DEPTH_METRIC = "kubeinfer_queue_depth"

@@ -5,15 +5,16 @@ Two observers, each the one place for its kind of event:
 * ``ModelAccount.batch_ran`` and ``ModelAccount.dispatched``: the serving
   core reports each batch (compute time, size) and the queue wait of each
   request that leaves the queue;
-* ``Accounting.finished``: the transport reports each answered request (its
-  model, client, status code, latency and the rows of the batch it ran in).
+* ``Accounting.finished``: a transport reports each answered inference call
+  (the ``Call``, its status code, latency and the rows of the batch it ran
+  in), ``Accounting.answered`` each metadata call (the access log only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kubeinfer_server.accesslog import AccessLog
+from kubeinfer_server.accesslog import AccessLog, Call
 from kubeinfer_server.execution import Ran
 from kubeinfer_server.metrics import Metrics, ModelMetrics
 from kubeinfer_server.stats import ModelStats
@@ -55,11 +56,15 @@ class Accounting:
         self.models[model] = account
         return account
 
-    def finished(self, model: str, client: str, code: str, seconds: float, batch_rows: int) -> None:
-        """A request for ``model`` was answered with ``code`` after ``seconds``."""
-        account = self.models.get(model)
+    def finished(self, call: Call, code: str, seconds: float, batch_rows: int) -> None:
+        """An inference call was answered with ``code`` after ``seconds``."""
+        account = self.models.get(call.model)
         if account is not None:
             account.live.request_seconds.observe(seconds)
             (account.stats.success if code == "OK" else account.stats.fail).add(seconds)
-        self.metrics.count_request(model if account is not None else UNKNOWN_MODEL, code, client)
-        self.access_log.record(model, client, code, seconds, batch_rows)
+        self.metrics.count_request(call.model if account is not None else UNKNOWN_MODEL, code, call.client)
+        self.access_log.record(call, code, seconds, batch_rows)
+
+    def answered(self, call: Call, code: str, seconds: float) -> None:
+        """A metadata call was answered: logged, not counted as a request."""
+        self.access_log.record(call, code, seconds, 0)

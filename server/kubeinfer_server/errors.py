@@ -1,7 +1,9 @@
 """Domain errors of the serving core.
 
-Every error a client can cause or observe is one of these; the transport maps
-each class to a status code in one table (``servicer.STATUS_BY_ERROR``). The
+Every error a client can cause or observe is one of these. ``code_of`` names
+each class's status code in one table, ``CODE_BY_ERROR``, in gRPC's names (the
+vocabulary of the metrics and the access log, whatever the transport); the
+gRPC servicer and the REST app map those names to their own status codes. The
 message is written for a person and is safe to send to the client.
 """
 
@@ -34,5 +36,33 @@ class PermissionDenied(ServingError):
     """The verified client identity is not in --allowed-clients."""
 
 
+class Unauthenticated(ServingError):
+    """The server verifies client certificates and the caller presented none."""
+
+
 class ModelLoadError(Exception):
     """A model file could not be loaded; raised at startup, never to a client."""
+
+
+CODE_BY_ERROR: dict[type[BaseException], str] = {
+    InvalidInput: "INVALID_ARGUMENT",
+    ModelNotFound: "NOT_FOUND",
+    QueueFull: "RESOURCE_EXHAUSTED",
+    NotReady: "UNAVAILABLE",
+    DeadlineExpired: "DEADLINE_EXCEEDED",
+    PermissionDenied: "PERMISSION_DENIED",
+    Unauthenticated: "UNAUTHENTICATED",
+}
+INTERNAL = "INTERNAL"
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+def code_of(exc: BaseException) -> tuple[str, str]:
+    """The status code name and the client-safe message for an exception raised serving a call."""
+    code = CODE_BY_ERROR.get(type(exc))
+    if code is not None:
+        return code, str(exc)
+    for cls, name in CODE_BY_ERROR.items():
+        if isinstance(exc, cls):
+            return name, str(exc)
+    return INTERNAL, INTERNAL_MESSAGE

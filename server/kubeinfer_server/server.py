@@ -1,12 +1,12 @@
 """Build, then start; stop with grace.
 
-``build_server`` binds the ports and returns an unstarted ``Server``.
-``Server.serve`` starts gRPC and HTTP at once (health NOT_SERVING), loads and
-warms up the models in a thread, then turns SERVING. On SIGTERM (or ``stop``)
-health and readiness go false; after ``--shutdown-delay-seconds`` (0 by default;
-the operator sets a few seconds so endpoints drop the replica first) the gRPC
-server refuses new calls, and every accepted request, queued or running, is
-answered within the grace period.
+``build_server`` binds the gRPC port and returns an unstarted ``Server``.
+``Server.serve`` starts gRPC, REST and metrics at once (health NOT_SERVING),
+loads and warms up the models in a thread, then turns SERVING. On SIGTERM (or
+``stop``) health and readiness go false; after ``--shutdown-delay-seconds`` (0
+by default; the operator sets a few seconds so endpoints drop the replica
+first) gRPC and REST refuse new calls, and every accepted request, queued or
+running, is answered within the grace period.
 """
 
 from __future__ import annotations
@@ -15,25 +15,29 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from aiohttp import web
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from kubeinfer_server import metrics, metrics_http, protocol
-from kubeinfer_server.accesslog import AccessLog
+from kubeinfer_server import metrics, metrics_http, protocol, rest
+from kubeinfer_server.accesslog import AccessLog, RotatingFile
 from kubeinfer_server.accounting import Accounting
 from kubeinfer_server.core import Repository, ServedModel
+from kubeinfer_server.frontend import Frontend
+from kubeinfer_server.identity import Identity
 from kubeinfer_server.metrics import Metrics
 from kubeinfer_server.model import Model
-from kubeinfer_server.servicer import Identity, InferenceServicer, register
+from kubeinfer_server.servicer import InferenceServicer, register
 from kubeinfer_server.settings import ServeSettings
-from kubeinfer_server.tls import server_credentials
+from kubeinfer_server.tls import rest_ssl_context, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,13 @@ class Server:
     metrics: Metrics
     health: HealthServicer
     accounting: Accounting
-    repository: Repository = field(default_factory=Repository)
+    repository: Repository
+    rest_app: web.Application
+    rest_ssl: ssl.SSLContext | None = None
+    reuse_port: bool = False
+    http_port: int = 0
     metrics_port: int = 0
+    _rest_runner: web.AppRunner | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ready(self) -> bool:
@@ -82,6 +91,9 @@ class Server:
     async def serve(self, on_ready=None, serve_http: bool = True) -> None:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         await self.grpc_server.start()
+        self._rest_runner, self.http_port = await rest.start(
+            self.rest_app, self.settings.host, self.settings.http_port, self.rest_ssl, self.reuse_port,
+            self.settings.grace_seconds)
         runner = None
         if serve_http:
             runner, self.metrics_port = await metrics_http.start(
@@ -94,18 +106,20 @@ class Server:
             log.info("Froze %d startup objects out of the garbage collector's sight", freeze_startup_heap())
             self.repository.ready = True
             await self._set_health(SERVING)
+            names = ", ".join(self.repository.models)
             if serve_http:
-                log.info("Serving %s on gRPC port %d, metrics port %d",
-                         ", ".join(self.repository.models), self.grpc_port, self.metrics_port)
+                log.info("Serving %s on gRPC port %d, HTTP port %d, metrics port %d",
+                         names, self.grpc_port, self.http_port, self.metrics_port)
             else:
-                log.info("Worker ready: %s on gRPC port %d", ", ".join(self.repository.models), self.grpc_port)
+                log.info("Worker ready: %s on gRPC port %d, HTTP port %d", names, self.grpc_port, self.http_port)
             if on_ready is not None:
                 on_ready(self)
             await self._stop.wait()
             await self._drain()
         finally:
             await self.grpc_server.stop(0)
-            self.accounting.access_log.flush()
+            await self._stop_rest()
+            self.accounting.access_log.close()
             if runner is not None:
                 await runner.cleanup()
 
@@ -119,9 +133,15 @@ class Server:
             log.info("Shutting down: not ready, still answering new calls for %.0fs", delay)
             await asyncio.sleep(delay)
         log.info("Draining: refusing new calls, answering accepted ones within %.0fs", grace)
-        await self.grpc_server.stop(grace)
+        await asyncio.gather(self.grpc_server.stop(grace), self._stop_rest())
         await self.repository.close()
         log.info("Stopped")
+
+    async def _stop_rest(self) -> None:
+        """Stop listening, answer the calls in progress (within the grace period), close."""
+        runner, self._rest_runner = self._rest_runner, None
+        if runner is not None:
+            await runner.cleanup()
 
     def _load_models(self) -> list[Model]:
         """Load and warm up every model (in a thread: it takes seconds to minutes)."""
@@ -159,11 +179,16 @@ def build_server(settings: ServeSettings, reuse_port: bool = False) -> Server:
         ]
     grpc_server = grpc.aio.server(options=options)
     metrics = Metrics()
-    accounting = Accounting(metrics, AccessLog(settings.access_log_sample_rate))
-    server = Server(settings, grpc_server, 0, metrics, HealthServicer(), accounting)
+    accounting = Accounting(metrics, _access_log(settings))
     identity = Identity(settings.allowed_clients,
                         verifies_clients=settings.tls is not None and settings.tls.client_ca is not None)
-    servicer = InferenceServicer(server.repository, accounting, identity, whole_server_statistics=not reuse_port)
+    repository = Repository()
+    frontend = Frontend(repository, accounting, identity)
+    servicer = InferenceServicer(frontend, whole_server_statistics=not reuse_port)
+    rest_app = rest.RestApp(frontend, servicer.extensions).build(settings.max_message_bytes)
+    rest_tls = rest_ssl_context(settings.tls) if settings.tls is not None else None
+    server = Server(settings, grpc_server, 0, metrics, HealthServicer(), accounting, repository, rest_app,
+                    rest_tls, reuse_port)
     register(servicer, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(server.health, grpc_server)
     _enable_reflection(grpc_server)
@@ -175,6 +200,13 @@ def build_server(settings: ServeSettings, reuse_port: bool = False) -> Server:
     if server.grpc_port == 0:
         raise OSError(f"could not bind gRPC port {address}")
     return server
+
+
+def _access_log(settings: ServeSettings) -> AccessLog:
+    file = None
+    if settings.access_log_file:
+        file = RotatingFile(settings.access_log_file, settings.access_log_max_bytes, settings.access_log_backups)
+    return AccessLog(settings.access_log_sample_rate, file=file, to_stderr=settings.access_log_stderr)
 
 
 def _enable_reflection(grpc_server: grpc.aio.Server) -> None:

@@ -1,66 +1,31 @@
 """``inference.GRPCInferenceService`` over grpc.aio: a thin adapter.
 
-Converts protobuf messages to the core's domain values and back; domain
-errors map to status codes in ``STATUS_BY_ERROR``. Anything else becomes
-INTERNAL with a generic message and a logged traceback. Outputs always travel
-in ``raw_output_contents`` (what perf_analyzer and tritonclient expect).
+Converts protobuf messages to the core's domain values and back and hands
+each call to ``frontend.Frontend``; its code names map to gRPC status codes
+by name (``STATUS_BY_CODE``). Metadata answers are ``metadata``'s dicts parsed
+into messages. Outputs always travel in ``raw_output_contents`` (what
+perf_analyzer and tritonclient expect).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import grpc
+from google.protobuf import json_format
 
-from kubeinfer_server import __version__, errors, protocol, tensors
-from kubeinfer_server.accounting import Accounting
-from kubeinfer_server.core import MODEL_VERSION, InferRequest, Repository, ServedModel
+from kubeinfer_server import errors, metadata, protocol, tensors
+from kubeinfer_server.accesslog import Call
+from kubeinfer_server.core import MODEL_VERSION, InferRequest, ServedModel
+from kubeinfer_server.frontend import Frontend
 from kubeinfer_server.validation import InputTensor
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: dict[type[errors.ServingError], grpc.StatusCode] = {
-    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.NotReady: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-}
-
-EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "statistics", "schedule_policy"]
+STATUS_BY_CODE = {code.name: code for code in grpc.StatusCode}
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer call in flight at once
 TYPED_FIELDS = {t.name: t.contents_field for t in tensors.BY_NAME.values()}
-CODE_NAMES = {code: code.name for code in grpc.StatusCode}  # an enum's .name is a property call
-
-
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    for cls, code in STATUS_BY_ERROR.items():
-        if isinstance(exc, cls):
-            return code, str(exc)
-    return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
-
-
-class Identity:
-    """Who is calling: the verified client certificate CN, and whether it may."""
-
-    def __init__(self, allowed: frozenset[str], verifies_clients: bool = True) -> None:
-        self.allowed = allowed
-        self.verifies_clients = verifies_clients  # False: no client certificates, everyone is anonymous
-
-    def name(self, context) -> str:
-        if not self.verifies_clients:
-            return "anonymous"
-        names = context.auth_context().get("x509_common_name")
-        return names[0].decode() if names else "anonymous"
-
-    def check(self, client: str) -> None:
-        if self.allowed and client not in self.allowed:
-            raise errors.PermissionDenied(
-                f"client '{client}' is not allowed to call this server (allowed: {', '.join(sorted(self.allowed))})"
-            )
 
 
 def decode_request(msg) -> InferRequest:
@@ -80,18 +45,25 @@ def decode_request(msg) -> InferRequest:
     else:
         inputs = []
         for tensor in tensors_in:
-            field = TYPED_FIELDS.get(tensor.datatype)
-            if field is None:
+            if tensor.datatype not in TYPED_FIELDS:
                 raise errors.InvalidInput(f"input '{tensor.name}': unknown datatype '{tensor.datatype}'")
+            field = TYPED_FIELDS[tensor.datatype]
+            if field is None:
+                raise errors.InvalidInput(f"input '{tensor.name}': {tensor.datatype} must be sent as "
+                                          "raw_input_contents")
             inputs.append(InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape), None,
                                       getattr(tensor.contents, field)))
     requested = msg.outputs
+    for output in requested:
+        if "classification" in output.parameters:
+            raise errors.InvalidInput(f"output '{output.name}': classification is not supported; "
+                                      "ask for the tensor and take its top classes")
     return InferRequest(msg.model_name, msg.model_version, inputs,
                         tuple(o.name for o in requested) if requested else ())
 
 
-def encode_response(msg, served: ServedModel, result) -> object:
-    response = protocol.ModelInferResponse(model_name=served.name, model_version=MODEL_VERSION, id=msg.id)
+def encode_response(request_id: str, served: ServedModel, result) -> object:
+    response = protocol.ModelInferResponse(model_name=served.name, model_version=MODEL_VERSION, id=request_id)
     outputs, contents = response.outputs, response.raw_output_contents
     for spec, array in result.outputs:
         outputs.add(name=spec.name, datatype=spec.datatype.name, shape=array.shape)
@@ -100,16 +72,18 @@ def encode_response(msg, served: ServedModel, result) -> object:
 
 
 class InferenceServicer:
-    def __init__(self, repository: Repository, accounting: Accounting, identity: Identity,
-                 whole_server_statistics: bool = True) -> None:
+    def __init__(self, frontend: Frontend, whole_server_statistics: bool = True) -> None:
         # A worker's ModelStatistics cover its own requests only: it does not advertise
         # the "statistics" extension, so perf_analyzer does not mistake them for the server's.
-        self.extensions = [e for e in EXTENSIONS if whole_server_statistics or e != "statistics"]
-        self.repository = repository
-        self.accounting = accounting
-        self.identity = identity
+        self.extensions = tuple(e for e in metadata.EXTENSIONS if whole_server_statistics or e != "statistics")
+        self.frontend = frontend
+        self.repository = frontend.repository
 
-    # --- health and metadata -------------------------------------------------
+    def _call(self, context, method: str, model: str = "", version: str = "", request_id: str = "") -> Call:
+        return Call("grpc", method, context.peer(), self.frontend.identity.of_grpc(context),
+                    request_id or self.frontend.request_ids.next(), model, version)
+
+    # --- health (not logged: probes call it every few seconds) ----------------
     async def ServerLive(self, request, context):
         return protocol.ServerLiveResponse(live=True)
 
@@ -123,57 +97,46 @@ class InferenceServicer:
             return protocol.ModelReadyResponse(ready=False)
         return protocol.ModelReadyResponse(ready=self.repository.reports_ready)
 
+    # --- metadata (logged, and refused to clients not on the allow-list) ----------
     async def ServerMetadata(self, request, context):
-        return protocol.ServerMetadataResponse(name="kubeinfer", version=__version__, extensions=self.extensions)
+        return await self._describe(context, "ServerMetadata", protocol.ServerMetadataResponse,
+                                    lambda call: metadata.server_metadata(self.extensions))
 
     async def ModelMetadata(self, request, context):
-        served = await self._model(request, context)
-        model = served.model
-        response = protocol.ModelMetadataResponse(name=served.name, versions=[MODEL_VERSION],
-                                                  platform="onnxruntime_onnx")
-        for specs, target in ((model.inputs, response.inputs), (model.outputs, response.outputs)):
-            for spec in specs:
-                target.add(name=spec.name, datatype=spec.datatype.name, shape=spec.shape)
-        response.parameters["execution_providers"].string_param = ",".join(model.providers)
-        return response
+        def look(call: Call) -> dict:
+            described = metadata.model_metadata(self.frontend.model(call))
+            return {**described, "parameters": {k: {"string_param": v} for k, v in described["parameters"].items()}}
+
+        return await self._describe(context, "ModelMetadata", protocol.ModelMetadataResponse, look,
+                                    request.name, request.version)
 
     async def ModelConfig(self, request, context):
-        served = await self._model(request, context)
-        model, batched = served.model, served.max_batch_size > 0
-        config = protocol.ModelConfig(name=served.name, platform="onnxruntime_onnx", backend="onnxruntime",
-                                      max_batch_size=served.max_batch_size)
-        for specs, target in ((model.inputs, config.input), (model.outputs, config.output)):
-            for spec in specs:
-                target.add(name=spec.name, data_type=_config_type(spec), dims=spec.shape[1:] if batched else spec.shape)
-        on_cpu = model.providers[0] == "CPUExecutionProvider"
-        config.instance_group.add(name=served.name, count=served.batching.instances,
-                                  kind=protocol.INSTANCE_KIND_CPU if on_cpu else protocol.INSTANCE_KIND_GPU)
-        if batched:
-            config.dynamic_batching.preferred_batch_size.extend(served.batching.preferred_batch_sizes)
-            config.dynamic_batching.max_queue_delay_microseconds = served.batching.max_queue_delay_us
-        config.parameters["execution_providers"].string_value = ",".join(model.providers)
-        return protocol.ModelConfigResponse(config=config)
+        return await self._describe(context, "ModelConfig", protocol.ModelConfigResponse,
+                                    lambda call: {"config": metadata.model_config(self.frontend.model(call))},
+                                    request.name, request.version)
 
     async def ModelStatistics(self, request, context):
-        if request.name:
-            models = [await self._model(request, context)]
-        else:
-            models = list(self.repository.models.values())
-        response = protocol.ModelStatisticsResponse()
-        for served in models:
-            _fill_statistics(response.model_stats.add(), served)
-        return response
+        def look(call: Call) -> dict:
+            models = [self.frontend.model(call)] if call.model else list(self.repository.models.values())
+            return metadata.model_statistics(models)
+
+        return await self._describe(context, "ModelStatistics", protocol.ModelStatisticsResponse, look,
+                                    request.name, request.version)
 
     async def RepositoryIndex(self, request, context):
-        response = protocol.RepositoryIndexResponse()
-        state = "READY" if self.repository.reports_ready else "UNAVAILABLE"
-        for name in sorted(self.repository.models):
-            response.models.add(name=name, version=MODEL_VERSION, state=state)
-        return response
+        return await self._describe(context, "RepositoryIndex", protocol.RepositoryIndexResponse,
+                                    lambda call: {"models": metadata.repository_index(self.repository)})
+
+    async def _describe(self, context, method: str, response_cls, look, model: str = "", version: str = ""):
+        call = self._call(context, method, model, version)
+        answer, code, message = self.frontend.describe(call, lambda: look(call))
+        if answer is None:
+            await context.abort(STATUS_BY_CODE[code], message)
+        return json_format.ParseDict(answer, response_cls())
 
     # --- inference --------------------------------------------------------------
     async def ModelInfer(self, request, context):
-        response, code, message = await self._infer(request, context)
+        response, code, message, _ = await self._infer(request, context)
         if code is not grpc.StatusCode.OK:
             await context.abort(code, message)
         return response
@@ -188,14 +151,14 @@ class InferenceServicer:
         try:
             while (item := await in_flight.get()) is not None:
                 request, task = item
-                response, code, message = await task
+                response, code, message, request_id = await task
                 window.release()
                 if code is grpc.StatusCode.OK:
                     yield protocol.ModelStreamInferResponse(infer_response=response)
                 else:
                     yield protocol.ModelStreamInferResponse(
                         error_message=message,
-                        infer_response=protocol.ModelInferResponse(model_name=request.model_name, id=request.id),
+                        infer_response=protocol.ModelInferResponse(model_name=request.model_name, id=request_id),
                     )
             await reader  # a broken stream ends the call with the reader's error
         finally:  # the call ended or was cancelled: nothing is left running
@@ -209,67 +172,18 @@ class InferenceServicer:
         try:
             async for request in request_iterator:
                 await window.acquire()
-                in_flight.put_nowait((request, asyncio.ensure_future(self._infer(request, context))))
+                task = asyncio.ensure_future(self._infer(request, context, "ModelStreamInfer"))
+                in_flight.put_nowait((request, task))
         finally:
             in_flight.put_nowait(None)
 
-    async def _infer(self, msg, context):
-        start = time.monotonic()
-        client, batch_rows, response = "anonymous", 0, None
-        try:
-            client = self.identity.name(context)
-            self.identity.check(client)
-            request = decode_request(msg)
-            remaining = context.time_remaining()
-            request.deadline = start + remaining if remaining is not None else None
-            served = self.repository.get(request.model, request.version)
-            result = await served.infer(request)
-            batch_rows = result.batch_rows
-            response = encode_response(msg, served, result)
-            code, message = grpc.StatusCode.OK, ""
-        except asyncio.CancelledError:  # the client went away or its deadline passed
-            expired = context.time_remaining() is not None and context.time_remaining() <= 0
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            self.accounting.finished(msg.model_name, client, CODE_NAMES[code], time.monotonic() - start, batch_rows)
-            raise
-        except Exception as exc:
-            code, message = status_of(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("Failed request %r for model %r", msg.id, msg.model_name)
-        self.accounting.finished(msg.model_name, client, CODE_NAMES[code], time.monotonic() - start, batch_rows)
-        return response, code, message
-
-    async def _model(self, request, context) -> ServedModel:
-        try:
-            self.identity.check(self.identity.name(context))
-            return self.repository.get(request.name, request.version)
-        except errors.ServingError as exc:
-            code, message = status_of(exc)
-            await context.abort(code, message)
-            raise  # abort raised already; for the type checker
-
-
-def _config_type(spec) -> int:
-    name = "STRING" if spec.datatype.name == "BYTES" else spec.datatype.name
-    return protocol.enum_number("DataType", f"TYPE_{name}")
-
-
-def _fill_statistics(out, served: ServedModel) -> None:
-    stats = served.account.stats
-    out.name, out.version = served.name, MODEL_VERSION
-    out.last_inference = stats.last_inference_ms
-    out.inference_count = stats.inference_count
-    out.execution_count = stats.execution_count
-    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
-        duration = getattr(stats, field)
-        target = getattr(out.inference_stats, field)
-        target.count, target.ns = duration.count, duration.ns
-    for size in sorted(stats.batches):
-        batch = stats.batches[size]
-        entry = out.batch_stats.add(batch_size=size)
-        for field in ("compute_input", "compute_infer", "compute_output"):
-            duration = getattr(batch, field)
-            getattr(entry, field).count, getattr(entry, field).ns = duration.count, duration.ns
+    async def _infer(self, msg, context, method: str = "ModelInfer"):
+        """(the response or None, the status code, the message, the request id)"""
+        call = self._call(context, method, msg.model_name, msg.model_version, msg.id)
+        response, code, message = await self.frontend.infer(
+            call, lambda: decode_request(msg), lambda served, result: encode_response(call.id, served, result),
+            context.time_remaining)
+        return response, STATUS_BY_CODE[code], message, call.id
 
 
 def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:

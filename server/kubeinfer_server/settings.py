@@ -33,6 +33,7 @@ class ModelSource:
 class ServeSettings:
     models: tuple[ModelSource, ...]
     host: str = "0.0.0.0"
+    http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
     batching: BatchingConfig = BatchingConfig()
@@ -40,6 +41,10 @@ class ServeSettings:
     tls: TlsFiles | None = None
     allowed_clients: frozenset[str] = frozenset()
     access_log_sample_rate: float = 1.0
+    access_log_file: str | None = None
+    access_log_max_bytes: int = 100 * 1024 * 1024
+    access_log_backups: int = 5
+    access_log_stderr: bool = True
     grace_seconds: float = 30.0
     shutdown_delay_seconds: float = 0.0
     max_connection_age_seconds: float = 0.0
@@ -58,6 +63,11 @@ class ServeSettings:
             raise ValueError("--grace-seconds, --shutdown-delay-seconds and --max-connection-age-seconds must be >= 0")
         if self.max_message_bytes < 1024:
             raise ValueError("--max-message-bytes must be at least 1024")
+        if not self.access_log_stderr and not self.access_log_file:
+            raise ValueError("--access-log-stderr false needs --access-log-file "
+                             "(--access-log-sample-rate 0 turns the access log off)")
+        if self.access_log_max_bytes < 1024 or self.access_log_backups < 0:
+            raise ValueError("--access-log-max-bytes must be at least 1024 and --access-log-backups at least 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +114,15 @@ def parse_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"takes true or false, got {value!r}")
+
+
 def parse_int_list(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in parse_list(value))
@@ -117,6 +136,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("model", parse_list, (), "NAME=PATH of a model to serve (repeatable); env: a comma-separated list",
          variable="KUBEINFER_MODELS"),
     Flag("host", str, _default(ServeSettings, "host")),
+    Flag("http-port", int, _default(ServeSettings, "http_port"), "OIP v2 REST (JSON and binary tensors)"),
     Flag("grpc-port", int, _default(ServeSettings, "grpc_port")),
     Flag("metrics-port", int, _default(ServeSettings, "metrics_port")),
     Flag("max-batch-size", int, _BATCHING.max_batch_size, "rows per batch; 0: no batching"),
@@ -131,7 +151,15 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("tls-key", str, None),
     Flag("tls-client-ca", str, None, "set: client certificates are required and verified against it"),
     Flag("allowed-clients", parse_list, (), "client certificate CNs allowed to call (empty: any the CA signed)"),
-    Flag("access-log-sample-rate", float, _default(ServeSettings, "access_log_sample_rate")),
+    Flag("access-log-sample-rate", float, _default(ServeSettings, "access_log_sample_rate"),
+         "share of calls logged (0 turns the access log off; --log-level does not)"),
+    Flag("access-log-file", str, None, "also write the access log's JSON lines to this file, rotated by size"),
+    Flag("access-log-max-bytes", int, _default(ServeSettings, "access_log_max_bytes"),
+         "rotate the access log file when it would pass this size"),
+    Flag("access-log-backups", int, _default(ServeSettings, "access_log_backups"),
+         "rotated access log files kept (FILE.1 the newest)"),
+    Flag("access-log-stderr", parse_bool, _default(ServeSettings, "access_log_stderr"),
+         "write the access log to stderr too (false: the file only)"),
     Flag("grace-seconds", float, _default(ServeSettings, "grace_seconds"),
          "after SIGTERM, how long accepted requests have to finish"),
     Flag("shutdown-delay-seconds", float, _default(ServeSettings, "shutdown_delay_seconds"),
@@ -157,6 +185,7 @@ def settings_from_values(values: Mapping[str, Any]) -> ServeSettings:
     return ServeSettings(
         models=tuple(parse_model(m) for m in values["model"]),
         host=values["host"],
+        http_port=values["http_port"],
         grpc_port=values["grpc_port"],
         metrics_port=values["metrics_port"],
         batching=BatchingConfig(
@@ -170,6 +199,10 @@ def settings_from_values(values: Mapping[str, Any]) -> ServeSettings:
         tls=tls,
         allowed_clients=frozenset(values["allowed_clients"]),
         access_log_sample_rate=values["access_log_sample_rate"],
+        access_log_file=values["access_log_file"] or None,
+        access_log_max_bytes=values["access_log_max_bytes"],
+        access_log_backups=values["access_log_backups"],
+        access_log_stderr=values["access_log_stderr"],
         grace_seconds=values["grace_seconds"],
         shutdown_delay_seconds=values["shutdown_delay_seconds"],
         max_connection_age_seconds=values["max_connection_age_seconds"],

@@ -58,7 +58,7 @@ def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def decode_raw(name: str, datatype: Datatype, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+def decode_raw(name: str, datatype: Datatype, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
     """Decode raw_input_contents; fixed-size types are zero-copy views of ``raw``."""
     count = element_count(shape)
     if datatype.name == "BYTES":
@@ -72,7 +72,7 @@ def decode_raw(name: str, datatype: Datatype, shape: tuple[int, ...], raw: bytes
     return np.frombuffer(raw, dtype=datatype.dtype).reshape(shape)
 
 
-def _decode_bytes(name: str, shape: tuple[int, ...], count: int, raw: bytes) -> np.ndarray:
+def _decode_bytes(name: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview) -> np.ndarray:
     items = []
     offset = 0
     for _ in range(count):
@@ -82,7 +82,7 @@ def _decode_bytes(name: str, shape: tuple[int, ...], count: int, raw: bytes) -> 
         offset += 4
         if offset + length > len(raw):
             raise InvalidInput(f"input '{name}': BYTES element of {length} bytes runs past the content")
-        items.append(_text(name, raw[offset : offset + length]))
+        items.append(_text(name, bytes(raw[offset : offset + length])))
         offset += length
     if offset != len(raw):
         raise InvalidInput(
@@ -95,10 +95,9 @@ def _decode_bytes(name: str, shape: tuple[int, ...], count: int, raw: bytes) -> 
 
 
 def decode_typed(name: str, datatype: Datatype, shape: tuple[int, ...], values: Sequence[Any]) -> np.ndarray:
-    """Decode typed InferTensorContents values (the field for ``datatype``)."""
+    """Decode typed values: gRPC's InferTensorContents field for ``datatype``, or REST's JSON data
+    (flattened; BYTES elements as text)."""
     count = element_count(shape)
-    if datatype.contents_field is None:
-        raise InvalidInput(f"input '{name}': {datatype.name} must be sent as raw_input_contents")
     if len(values) != count:
         raise InvalidInput(
             f"input '{name}': {len(values)} values in contents, but shape {list(shape)} needs {count}"
@@ -111,10 +110,14 @@ def decode_typed(name: str, datatype: Datatype, shape: tuple[int, ...], values: 
         return np.asarray(values, dtype=datatype.dtype).reshape(shape)
     except OverflowError:
         raise InvalidInput(f"input '{name}': a value is out of range for {datatype.name}") from None
+    except (TypeError, ValueError):
+        raise InvalidInput(f"input '{name}': the values are not all {datatype.name} numbers") from None
 
 
-def _text(name: str, data: bytes) -> str:
+def _text(name: str, data: bytes | str) -> str:
     # ONNX string tensors hold UTF-8 text; ONNX Runtime takes them as str.
+    if isinstance(data, str):
+        return data
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -26,7 +26,7 @@ class InputTensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
-    raw: bytes | None = None
+    raw: bytes | memoryview | None = None
     values: Sequence[Any] | None = None
 
 

@@ -11,12 +11,14 @@ others and exits non-zero, so Kubernetes restarts the pod rather than serving
 at reduced capacity behind a ready probe.
 
 ModelStatistics are per worker: a client sees the counts of the worker its
-connection landed on.
+connection landed on. REST shares ``--http-port`` the same way. With
+``--access-log-file``, each worker writes its own file (``worker_log_path``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -35,13 +37,21 @@ def _worker_main(settings: ServeSettings, index: int, ready, log_level: int, met
     from kubeinfer_server.metrics import snapshot_path
     from kubeinfer_server.server import run_worker
 
+    if settings.access_log_file:  # one file per worker: rotation needs a single writer
+        settings = dataclasses.replace(settings, access_log_file=worker_log_path(settings.access_log_file, index))
     eventloop.runner(settings.event_loop)[1](run_worker(settings, ready.set, snapshot_path(metrics_dir, index)))
+
+
+def worker_log_path(path: str, index: int) -> str:
+    """``access.log`` -> ``access.w0.log``: worker ``index``'s access log file."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.w{index}{ext}"
 
 
 class Supervisor:
     def __init__(self, settings: ServeSettings, count: int) -> None:
-        if settings.grpc_port == 0:
-            raise ValueError("--workers needs a fixed --grpc-port: the workers share it")
+        if settings.grpc_port == 0 or settings.http_port == 0:
+            raise ValueError("--workers needs a fixed --grpc-port and --http-port: the workers share them")
         self.settings = settings
         self.count = count
         self.metrics_dir = tempfile.mkdtemp(prefix="kubeinfer-metrics-")
@@ -99,8 +109,8 @@ class Supervisor:
             if not announced and all(e.is_set() for e in self.ready_events):
                 announced = True
                 names = ", ".join(m.name for m in self.settings.models)
-                log.info("Serving %s with %d workers on gRPC port %d, metrics port %d",
-                         names, self.count, self.settings.grpc_port, metrics_port)
+                log.info("Serving %s with %d workers on gRPC port %d, HTTP port %d, metrics port %d",
+                         names, self.count, self.settings.grpc_port, self.settings.http_port, metrics_port)
             try:
                 await asyncio.wait_for(self._stop.wait(), 0.2)
             except TimeoutError:

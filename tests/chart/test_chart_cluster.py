@@ -127,3 +127,11 @@ def test_install_upgrade_uninstall(cluster, namespace):
         assert cluster.kubectl("get", kind, release, "-n", namespace, check=False).returncode != 0
     cluster.wait_for("operator pod gone", lambda: not operator_pods(cluster, namespace, release), timeout=60)
     cluster.kubectl("get", "crd", CRD)
+
+
+def test_network_policy_example_passes_server_side_dry_run(cluster, namespace):
+    example = (CHART.parents[1] / "examples" / "networkpolicy-fraud.yaml").read_text()
+    policy = yaml.safe_load(example)
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {8000, 8001, 8002}
+    out = dry_run(cluster, example.replace("namespace: ml", f"namespace: {namespace}"))
+    assert "networkpolicy.networking.k8s.io/fraud-servers serverside-applied (server dry run)" in out, out

@@ -57,7 +57,7 @@ def test_the_operators_env_gives_the_server_the_specs_settings(name):
     assert set(env) <= set(SERVE_FLAGS_BY_ENV), "a variable the server does not read"
     (model,) = settings.models
     assert (model.name, model.path) == (spec.model.name, env["KUBEINFER_MODELS"].split("=", 1)[1])
-    assert (settings.grpc_port, settings.metrics_port) == (8001, 8002)
+    assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (8000, 8001, 8002)
     batching = settings.batching
     assert (batching.max_batch_size, batching.max_queue_delay_us, batching.preferred_batch_sizes,
             batching.max_queue_size, batching.instances) == (

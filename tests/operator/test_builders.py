@@ -102,6 +102,7 @@ def test_server_env_follows_the_contract(make_spec):
     assert env == {
         "KUBEINFER_MODELS": "fraud=/models/fraud/model.onnx",
         "KUBEINFER_GRPC_PORT": "8001",
+        "KUBEINFER_HTTP_PORT": "8000",
         "KUBEINFER_METRICS_PORT": "8002",
         "KUBEINFER_MAX_BATCH_SIZE": "16",
         "KUBEINFER_MAX_QUEUE_DELAY_US": "500",
@@ -133,6 +134,7 @@ def test_ports_and_probes(make_spec):
     server = plain["spec"]["template"]["spec"]["containers"][0]
     assert server["ports"] == [
         {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
         {"name": "metrics", "containerPort": 8002, "protocol": "TCP"},
     ]
     assert server["readinessProbe"]["grpc"] == {"port": 8001, "service": ""}
@@ -200,13 +202,14 @@ def test_services(make_spec):
     spec = make_spec()
     service = build_service(spec, OWNER)
     assert service["spec"]["ports"] == [
-        {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
+        {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}]
     assert service["spec"]["selector"] == {
         "app.kubernetes.io/name": "kubeinfer-server", "app.kubernetes.io/instance": "fraud"}
     headless = build_headless_service(spec, OWNER)
     assert headless["metadata"]["name"] == "fraud-headless"
     assert headless["spec"]["clusterIP"] == "None"
-    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc", "metrics"]
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc", "http", "metrics"]
 
 
 def test_hpa_on_queue_depth(make_spec):

@@ -1,6 +1,8 @@
-"""KServe's ``InferenceGRPCClient`` (pip ``kserve``) works unchanged against the server:
-readiness, model readiness and inference whose outputs equal in-process ONNX
-Runtime. The client runs in its own process (see support/kserve_call.py)."""
+"""KServe's clients (pip ``kserve``) work unchanged against the server:
+``InferenceGRPCClient`` over gRPC, ``InferenceRESTClient`` (protocol v2) over
+REST with binary and with JSON tensors: readiness, model readiness, the
+request id, and outputs equal to in-process ONNX Runtime. The client runs in
+its own process (see support/kserve_call.py)."""
 
 import json
 import subprocess
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from devkit.models import linear
 from support.serverproc import ServerProcess
@@ -16,12 +19,23 @@ from support.serverproc import ServerProcess
 SCRIPT = Path(__file__).parents[1] / "support" / "kserve_call.py"
 
 
-def test_kserve_client_infers(tmp_path):
-    model = linear(tmp_path / "linear.onnx")
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    return linear(tmp_path_factory.mktemp("models") / "linear.onnx")
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with ServerProcess(f"--model=fraud={model}") as proc:
+        yield proc
+
+
+@pytest.mark.parametrize("mode", ["grpc", "rest", "rest-json"])
+def test_kserve_client_infers(server, model, mode):
     x = np.random.default_rng(7).standard_normal((3, 4)).astype(np.float32)
-    with ServerProcess(f"--model=fraud={model}") as server:
-        done = subprocess.run([sys.executable, str(SCRIPT), server.url, "fraud"], capture_output=True, text=True,
-                              input=json.dumps({"inputs": {"x": x.tolist()}, "datatype": "FP32"}), timeout=120)
+    url = server.url if mode == "grpc" else server.http_url
+    done = subprocess.run([sys.executable, str(SCRIPT), url, "fraud", mode], capture_output=True, text=True,
+                          input=json.dumps({"inputs": {"x": x.tolist()}, "datatype": "FP32"}), timeout=120)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["ready"] and answer["model_ready"] and answer["id"] == "kserve-1"

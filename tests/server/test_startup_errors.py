@@ -17,7 +17,7 @@ import os
 from support.serverproc import run_cli
 
 DEADLINE_S = 30  # far above a normal failed start; a hang fails the test with TimeoutExpired
-LOOPBACK = ("--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0")
+LOOPBACK = ("--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0")
 
 
 def serve(*args: str):

@@ -51,8 +51,21 @@ def test_typed_contents_decode_and_count_is_checked():
     assert tensors.decode_typed("x", fp32, (2,), [1.5, 2.5]).tolist() == [1.5, 2.5]
     with pytest.raises(InvalidInput, match="3 values in contents, but shape \\[2\\] needs 2"):
         tensors.decode_typed("x", fp32, (2,), [1.0, 2.0, 3.0])
-    with pytest.raises(InvalidInput, match="FP16 must be sent as raw"):
-        tensors.decode_typed("h", tensors.BY_NAME["FP16"], (1,), [1.0])
+    # REST's JSON data may hold FP16 numbers and BYTES as text
+    assert tensors.decode_typed("h", tensors.BY_NAME["FP16"], (1,), [1.5]).dtype == np.float16
+    assert tensors.decode_typed("s", tensors.BY_NAME["BYTES"], (2,), ["a", b"b"]).tolist() == ["a", "b"]
+    with pytest.raises(InvalidInput, match="not all FP32 numbers"):
+        tensors.decode_typed("x", fp32, (2,), [1.0, "two"])
+
+
+def test_grpc_typed_contents_have_no_fp16_field():
+    from kubeinfer_server import protocol
+    from kubeinfer_server.servicer import decode_request
+
+    msg = protocol.message("ModelInferRequest")(model_name="m")
+    msg.inputs.add(name="h", datatype="FP16", shape=[1])
+    with pytest.raises(InvalidInput, match="FP16 must be sent as raw_input_contents"):
+        decode_request(msg)
 
 
 def test_every_onnx_type_maps_to_a_datatype():

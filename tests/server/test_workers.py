@@ -61,8 +61,8 @@ def _metrics_once_answered(server: ServerProcess, count: int) -> str | None:
 def test_workers_share_the_port_and_metrics_add_up(tmp_path):
     model = linear(tmp_path / "linear.onnx")
     port = _free_port()
-    server = ServerProcess(f"--model=linear={model}", "--workers=2", "--grace-seconds=10")
-    server.args[server.args.index("--grpc-port") + 1] = str(port)
+    server = ServerProcess(f"--model=linear={model}", "--workers=2", "--grace-seconds=10", grpc_port=port,
+                           http_port=_free_port())
     with server:
         assert "with 2 workers" in server.log()
         assert len(re.findall(r"Worker ready", server.log())) == 2
@@ -84,13 +84,12 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path):
 
 def test_workers_need_a_fixed_port(tmp_path):
     result = run_cli("serve", f"--model=linear={linear(tmp_path / 'l.onnx')}", "--grpc-port=0", "--workers=2")
-    assert result.returncode == 2 and "--workers needs a fixed --grpc-port" in result.stderr
+    assert result.returncode == 2 and "--workers needs a fixed --grpc-port and --http-port" in result.stderr
 
 
 def test_a_dead_worker_stops_the_pod(tmp_path):
     model = linear(tmp_path / "linear.onnx")
-    server = ServerProcess(f"--model=linear={model}", "--workers=2")
-    server.args[server.args.index("--grpc-port") + 1] = str(_free_port())
+    server = ServerProcess(f"--model=linear={model}", "--workers=2", grpc_port=_free_port(), http_port=_free_port())
     with server:
         workers = _worker_pids(server.proc.pid)
         assert len(workers) >= 2, workers

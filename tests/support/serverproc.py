@@ -1,7 +1,7 @@
 """A real ``kubeinfer-server serve`` process on loopback, for the server tests.
 
-``ServerProcess`` starts the console script with port 0 for both ports (or a
-given gRPC port), waits
+``ServerProcess`` starts the console script with port 0 for every port (or
+given gRPC and HTTP ports), waits
 (with a deadline) for the line that names the bound ports, and stops the
 process with SIGTERM (then SIGKILL) so nothing outlives a test.
 """
@@ -20,22 +20,27 @@ from pathlib import Path
 from devkit.processes import spawn
 
 BIN = Path(sys.executable).parent / "kubeinfer-server"
-READY = re.compile(r"Serving .* on gRPC port (\d+), metrics port (\d+)")
+READY = re.compile(r"Serving .* on gRPC port (\d+), HTTP port (\d+), metrics port (\d+)")
 
 
 class ServerProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0,
-                 grpc_port: int = 0) -> None:
-        self.args = ["serve", "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--metrics-port", "0", *args]
+                 grpc_port: int = 0, http_port: int = 0) -> None:
+        self.args = ["serve", "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+                     "--metrics-port", "0", *args]
         self.env = {**os.environ, **(env or {})}
         self.startup_timeout = startup_timeout
         self.log_path = Path(tempfile.mkstemp(prefix="kubeinfer-server-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
-        self.grpc_port = self.metrics_port = 0
+        self.grpc_port = self.http_port = self.metrics_port = 0
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -50,7 +55,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             match = READY.search(self.log())
             if match:
-                self.grpc_port, self.metrics_port = int(match[1]), int(match[2])
+                self.grpc_port, self.http_port, self.metrics_port = int(match[1]), int(match[2]), int(match[3])
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kubeinfer-server exited with {self.proc.returncode}:\n{self.log()}")

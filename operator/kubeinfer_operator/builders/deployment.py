@@ -1,7 +1,7 @@
 """The Deployment of kubeinfer-server pods for one InferenceDeployment (pure).
 
 Follows docs/server-contract.md: env-configured ``kubeinfer-server serve``,
-gRPC on 8001, metrics and health on 8002, TLS files in /etc/kubeinfer/tls/,
+REST on 8000, gRPC on 8001, metrics and health on 8002, TLS files in /etc/kubeinfer/tls/,
 models in /models/<name>/, terminationGracePeriodSeconds = shutdown delay (5) + drain grace + 15.
 """
 
@@ -133,6 +133,7 @@ def _server_container(spec: InferenceSpec) -> dict[str, Any]:
         "env": [{"name": k, "value": v} for k, v in server_env(spec)],
         "ports": [
             {"name": "grpc", "containerPort": naming.GRPC_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": naming.HTTP_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": naming.METRICS_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": _readiness_probe(spec),
@@ -173,6 +174,7 @@ def server_env(spec: InferenceSpec) -> list[tuple[str, str]]:
     env = [
         ("KUBEINFER_MODELS", f"{spec.model.name}={model_path(spec)}"),
         ("KUBEINFER_GRPC_PORT", str(naming.GRPC_PORT)),
+        ("KUBEINFER_HTTP_PORT", str(naming.HTTP_PORT)),
         ("KUBEINFER_METRICS_PORT", str(naming.METRICS_PORT)),
         ("KUBEINFER_MAX_BATCH_SIZE", str(batching.max_batch_size)),
         ("KUBEINFER_MAX_QUEUE_DELAY_US", str(batching.max_queue_delay_microseconds)),

@@ -33,10 +33,12 @@ def _service(spec: InferenceSpec, owner: dict[str, Any], name: str, ports: list[
 
 
 def build_service(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any]:
-    return _service(spec, owner, naming.service_name(spec.name), [_port("grpc", naming.GRPC_PORT, "grpc")],
+    ports = [_port("grpc", naming.GRPC_PORT, "grpc"), _port("http", naming.HTTP_PORT, "http")]
+    return _service(spec, owner, naming.service_name(spec.name), ports,
                     type="ClusterIP")
 
 
 def build_headless_service(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any]:
-    ports = [_port("grpc", naming.GRPC_PORT, "grpc"), _port("metrics", naming.METRICS_PORT, "http")]
+    ports = [_port("grpc", naming.GRPC_PORT, "grpc"), _port("http", naming.HTTP_PORT, "http"),
+             _port("metrics", naming.METRICS_PORT, "http")]
     return _service(spec, owner, naming.headless_service_name(spec.name), ports, clusterIP="None")
