@@ -58,7 +58,8 @@ def test_create_builds_every_child_and_turns_ready(cluster, k, operator, make_in
     pod = children[("Deployment", "fraud")]["spec"]["template"]["spec"]
     assert pod["initContainers"][0]["args"][:2] == ["fetch", "s3://models/fraud/3/model.onnx"]
     server = pod["containers"][0]
-    assert [(p["name"], p["containerPort"]) for p in server["ports"]] == [("grpc", 8001), ("http", 8000), ("metrics", 8002)]
+    ports = [(p["name"], p["containerPort"]) for p in server["ports"]]
+    assert ports == [("grpc", 8001), ("http", 8000), ("metrics", 8002)]
     assert server["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert children[("Deployment", "fraud")]["spec"]["replicas"] == 2

@@ -8,10 +8,14 @@ Covers:
   PERMISSION_DENIED naming it;
 - the verified CN labels ``kubeinfer_requests_total`` and the JSON access log;
 - server-only TLS: a client without a certificate is served as "anonymous";
+- REST on the same server: the allowed client is served, a verified one not on
+  the list gets 403, one without a certificate 401 (health answers it), one
+  from another CA fails the handshake;
 - rotation of a Kubernetes-Secret-like volume (atomic ``..data`` swap): a new
   connection gets the new certificate, an open channel and a stream of calls
   across the swap keep working, without a restart; also when the CA changes;
-  a broken Secret (key not matching the certificate) keeps the current one.
+  a broken Secret (key not matching the certificate) keeps the current one;
+  the REST listener follows the same files at each new connection.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import socket
 import ssl
 import threading
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +45,7 @@ from support.serverproc import ServerProcess
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 WEIGHTS = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)  # as devkit.models.linear
 REFUSED = "StatusCode.UNAVAILABLE"
+HANDSHAKE_REFUSED = (urllib.error.URLError, ssl.SSLError, ConnectionError)
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,18 @@ def peer_certificate(port: int, trust: Issued, cert: str, key: str) -> bytes:
             return tls.getpeercert(binary_form=True)
 
 
+def rest_get(port: int, path: str, trust: str, cert: tuple[str, str] | None = None) -> int:
+    """The HTTP status of a REST GET over a new TLS connection (with a client certificate or none)."""
+    context = ssl.create_default_context(cafile=trust)
+    if cert:
+        context.load_cert_chain(*cert)
+    try:
+        with urllib.request.urlopen(f"https://localhost:{port}{path}", context=context, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 # --- mutual TLS and identity ----------------------------------------------------------
 
 def test_client_certificate_from_the_ca_gets_predictions(mtls_server, pki):
@@ -191,6 +209,21 @@ def test_denied_client_is_named_in_metrics_and_access_log(mtls_server, pki):
     assert requests_total(mtls_server, **denied) == before + 1
 
 
+def test_rest_follows_the_same_mutual_tls_and_allow_list(mtls_server, pki):
+    port, trust = mtls_server.http_port, pki.file("ca.crt")
+
+    def files(name: str) -> tuple[str, str]:
+        return pki.file(f"{name}.crt"), pki.file(f"{name}.key")
+
+    assert rest_get(port, "/v2/models/linear", trust, files("checkout")) == 200
+    assert rest_get(port, "/v2/models/linear", trust, files("risk")) == 403
+    assert rest_get(port, "/v2/models/linear", trust) == 401
+    assert rest_get(port, "/v2/health/ready", trust) == 200  # the kubelet's probes carry no certificate
+    with pytest.raises(HANDSHAKE_REFUSED):  # with TLS 1.3 the client learns it only on its first read
+        rest_get(port, "/v2/models/linear", trust, files("stranger"))
+    assert rest_get(port, "/v2/models/linear", trust, files("checkout")) == 200
+
+
 def test_server_only_tls_serves_clients_without_certificate(pki, model):
     with ServerProcess("--model", f"linear={model}", "--tls-cert", pki.file("server.crt"),
                        "--tls-key", pki.file("server.key")) as server:
@@ -248,6 +281,7 @@ def test_rotation_serves_new_certificate_and_keeps_open_channels(rotating, pki):
     pid = server.proc.pid
     checkout = (pki.file("checkout.crt"), pki.file("checkout.key"))
     assert peer_certificate(server.grpc_port, pki.ca, *checkout) == pki.server.der
+    assert peer_certificate(server.http_port, pki.ca, *checkout) == pki.server.der
     renewed = server_cert(pki.ca)
     assert renewed.serial != pki.server.serial
 
@@ -261,6 +295,7 @@ def test_rotation_serves_new_certificate_and_keeps_open_channels(rotating, pki):
             loop.wait_calls(rotated_at + 3)
         assert loop.errors == []
         assert peer_certificate(server.grpc_port, pki.ca, *checkout) == renewed.der
+        assert peer_certificate(server.http_port, pki.ca, *checkout) == renewed.der
         assert_predicts(open_client)
 
     assert server.proc.poll() is None and server.proc.pid == pid
@@ -285,6 +320,12 @@ def test_rotation_to_a_new_ca(rotating, pki):
         with connect(server.url, pki.file("ca.crt"), "checkout", pki.dir) as old_trust:
             assert call_error(old_trust).status() == REFUSED  # the old CA is no longer trusted either way
         assert_predicts(open_client)  # made before the swap: keeps its session
+        # REST: the new CA verifies the new client; the old client certificate no longer verifies
+        assert peer_certificate(server.http_port, new_ca, *new_files) == renewed.der
+        assert rest_get(server.http_port, "/v2/models/linear", pki.file("ca2.crt"), new_files) == 200
+        with pytest.raises(HANDSHAKE_REFUSED):
+            rest_get(server.http_port, "/v2/models/linear", pki.file("ca2.crt"),
+                     (pki.file("checkout.crt"), pki.file("checkout.key")))
 
 
 def test_broken_rotation_keeps_the_current_certificate(rotating, pki):
@@ -295,8 +336,10 @@ def test_broken_rotation_keeps_the_current_certificate(rotating, pki):
 
     rotate_secret_volume(volume, mismatched)
     assert peer_certificate(server.grpc_port, pki.ca, *checkout) == pki.server.der
+    assert peer_certificate(server.http_port, pki.ca, *checkout) == pki.server.der
     with connect(server.url, pki.file("ca.crt"), "checkout", pki.dir) as client:
         assert_predicts(client)
 
     rotate_secret_volume(volume, tls_secret(renewed, pki.ca))  # the next good Secret is picked up
     assert peer_certificate(server.grpc_port, pki.ca, *checkout) == renewed.der
+    assert peer_certificate(server.http_port, pki.ca, *checkout) == renewed.der

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from devkit.direct import http_ok
+from devkit.ports import free_port
 from devkit.processes import spawn
 
 BIN = Path(sys.executable).parent / "kubeinfer-server"
@@ -25,14 +27,21 @@ READY = re.compile(r"Serving .* on gRPC port (\d+), HTTP port (\d+), metrics por
 
 class ServerProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0,
-                 grpc_port: int = 0, http_port: int = 0) -> None:
+                 grpc_port: int = 0, http_port: int = 0, fixed_ports: bool = False) -> None:
+        """``fixed_ports``: free ports chosen here, readiness from ``/readyz`` rather than the log
+        (for a server whose log level hides the line that names its ports)."""
+        self.fixed_ports = fixed_ports
+        metrics_port = 0
+        if fixed_ports:
+            grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
         self.args = ["serve", "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-                     "--metrics-port", "0", *args]
+                     "--metrics-port", str(metrics_port), *args]
         self.env = {**os.environ, **(env or {})}
         self.startup_timeout = startup_timeout
         self.log_path = Path(tempfile.mkstemp(prefix="kubeinfer-server-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
-        self.grpc_port = self.http_port = self.metrics_port = 0
+        self.grpc_port, self.http_port, self.metrics_port = (grpc_port, http_port, metrics_port) if fixed_ports \
+            else (0, 0, 0)
 
     @property
     def url(self) -> str:
@@ -53,7 +62,9 @@ class ServerProcess:
         self.launch()
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            match = READY.search(self.log())
+            if self.fixed_ports and http_ok(f"{self.metrics_url}/readyz"):
+                return self
+            match = None if self.fixed_ports else READY.search(self.log())
             if match:
                 self.grpc_port, self.http_port, self.metrics_port = int(match[1]), int(match[2]), int(match[3])
                 return self
