@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # The product and the dev tooling (hack/pyproject.toml, kubeinfer-dev): a change to either reinstalls.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml hack/pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test test-fast demo demo-server proto lint clean bench perf-analyzer chart-lint
+.PHONY: venv test test-fast demo demo-server proto lint clean bench bench-rest perf-analyzer chart-lint
 
 venv: $(STAMP)
 
@@ -59,6 +59,9 @@ perf-analyzer:
 
 bench: venv perf-analyzer
 	$(PY) bench/server_bench.py
+
+bench-rest: venv perf-analyzer
+	$(PY) bench/rest_bench.py --models mlp,linear --rounds 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info hack/*.egg-info

@@ -261,6 +261,8 @@ class Load:
     concurrency: int
     batch: int
     streaming: bool = False
+    protocol: str = "grpc"  # or "http" (the port given is then the server's REST port)
+    tensor_format: str = "binary"  # over http: binary or json tensors, both ways
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,7 @@ class Windows:
 def run_perf_analyzer(model: str, port: int, load: Load, windows: Windows, csv_path: Path,
                       workers: int, timeout: float) -> Outcome:
     argv = [
-        str(PERF_ANALYZER), "-m", model, "-i", "grpc", "-u", f"127.0.0.1:{port}",
+        str(PERF_ANALYZER), "-m", model, "-i", load.protocol, "-u", f"127.0.0.1:{port}",
         "--concurrency-range", str(load.concurrency), "-b", str(load.batch),
         "--measurement-mode", "time_windows", "-p", str(windows.interval_ms),
         "-s", str(windows.stability_percentage), "-r", str(windows.max_trials),
@@ -288,6 +290,8 @@ def run_perf_analyzer(model: str, port: int, load: Load, windows: Windows, csv_p
     ]
     if load.streaming:
         argv.append("--streaming")
+    if load.protocol == "http":
+        argv += ["--input-tensor-format", load.tensor_format, "--output-tensor-format", load.tensor_format]
     env = dict(os.environ)
     if workers > 1:
         # One HTTP/2 connection per client, so SO_REUSEPORT can spread them over workers.

@@ -3,7 +3,8 @@
 ``cluster`` arguments are anything with ``kubectl(*args, check=..., input=..., timeout=...)``
 (the tests' ``LocalCluster``, ``localcluster.Cluster``). Helpers: kubectl JSON reads,
 a Secret's keys as files, the ready addresses of a Service's EndpointSlices,
-tritonclient over mTLS to pod IPs, the certificate a pod presents, Prometheus queries,
+tritonclient over mTLS to pod IPs, a REST call over TLS, the certificate a pod presents,
+Prometheus queries,
 and ``NODE_PLACEMENT``, what a workload sets to land on the real node (not a kwok one).
 
 The load client (``Load``) does what a client of the headless Service does with
@@ -15,6 +16,7 @@ new channel over all of them, with the Service's DNS name as the TLS server name
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import socket
 import ssl
@@ -69,6 +71,24 @@ def client(addresses: list[str], certs: Path | None, server_name: str,
     chain = str(certs / "tls.crt") if certs else None
     return tc.InferenceServerClient(target, ssl=True, root_certificates=str(ca), private_key=key,
                                     certificate_chain=chain, channel_args=args)
+
+
+def rest_call(address: str, port: int, server_name: str, certs: Path, method: str, path: str,
+              body: dict | None = None, present_certificate: bool = True) -> tuple[int, dict]:
+    """One OIP v2 REST call over TLS to ``address:port`` (a pod or a ClusterIP), verifying
+    ``server_name``; with the client certificate in ``certs`` unless told not to."""
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    if present_certificate:
+        context.load_cert_chain(str(certs / "tls.crt"), str(certs / "tls.key"))
+    payload = json.dumps(body).encode() if body is not None else b""
+    request = (f"{method} {path} HTTP/1.1\r\nHost: {server_name}:{port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
+    with socket.create_connection((address, port), timeout=15) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            tls.sendall(request)
+            response = http.client.HTTPResponse(tls)
+            response.begin()
+            return response.status, json.loads(response.read())
 
 
 def batch(rows: int, seed: int = 0) -> np.ndarray:

@@ -60,6 +60,11 @@ class Identity:
         self.allowed = allowed
         self.verifies_clients = verifies_clients  # False: no client certificates, everyone is anonymous
 
+    def check_certificate(self, client: str) -> None:
+        """Raise ``Unauthenticated`` when the server verifies certificates and ``client`` had none."""
+        if client == UNAUTHENTICATED and self.verifies_clients:
+            raise Unauthenticated("this server requires a client certificate signed by its client CA")
+
     def of_grpc(self, context) -> str:
         if not self.verifies_clients:
             return ANONYMOUS
@@ -72,8 +77,7 @@ class Identity:
 
     def check(self, client: str) -> None:
         """Raise unless ``client`` may call: ``Unauthenticated`` or ``PermissionDenied``, saying why."""
-        if client == UNAUTHENTICATED and self.verifies_clients:
-            raise Unauthenticated("this server requires a client certificate signed by its client CA")
+        self.check_certificate(client)
         if self.allowed and client not in self.allowed:
             raise PermissionDenied(
                 f"client '{client}' is not allowed to call this server (allowed: {', '.join(sorted(self.allowed))})"

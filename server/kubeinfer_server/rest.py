@@ -23,7 +23,7 @@ from aiohttp import web
 from kubeinfer_server import metadata, restcodec
 from kubeinfer_server.accesslog import Call
 from kubeinfer_server.core import MODEL_VERSION
-from kubeinfer_server.errors import InvalidInput
+from kubeinfer_server.errors import InvalidInput, Unauthenticated, code_of
 from kubeinfer_server.frontend import Frontend
 
 HTTP_STATUS = {
@@ -98,7 +98,14 @@ class RestApp:
         return json_response({"ready": ready}, 200 if ready else 503)
 
     async def model_ready(self, request: web.Request) -> web.Response:
+        """Not logged (clients poll it), but it names the served models: a caller the server
+        cannot identify gets 401 where client certificates are verified."""
         name, version = request.match_info["model"], request.match_info.get("version", "")
+        identity = self.frontend.identity
+        try:
+            identity.check_certificate(identity.of_peercert(peer_certificate(request)))
+        except Unauthenticated as exc:
+            return error_response(*code_of(exc))
         if name not in self.repository.models:
             return error_response("NOT_FOUND", f"model '{name}' is not served here")
         ready = self.repository.reports_ready and version in ("", MODEL_VERSION)

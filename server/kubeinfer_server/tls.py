@@ -52,9 +52,10 @@ class TlsError(Exception):
 class _Reloader(Generic[T]):
     """Builds a configuration from the files again when they changed since the last build."""
 
-    def __init__(self, files: TlsFiles, build: Callable[[TlsFiles], T]) -> None:
+    def __init__(self, files: TlsFiles, build: Callable[[TlsFiles], T], listener: str) -> None:
         self.files = files
         self.build = build
+        self.listener = listener
         self._stamp = self._read_stamp()
 
     def _read_stamp(self) -> tuple:
@@ -73,10 +74,10 @@ class _Reloader(Generic[T]):
             self.files.check()
             config = self.build(self.files)
         except (OSError, TlsError, ssl.SSLError) as exc:
-            log.warning("Kept the current TLS certificate: the new files are not usable (%s)", exc)
+            log.warning("Kept the current %s TLS certificate: the new files are not usable (%s)", self.listener, exc)
             return None
         self._stamp = stamp
-        log.info("Reloaded TLS certificate from %s", self.files.cert)
+        log.info("Reloaded TLS certificate from %s for %s", self.files.cert, self.listener)
         return config
 
 
@@ -93,7 +94,7 @@ def _grpc_configuration(files: TlsFiles):
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """gRPC credentials; gRPC asks for a new configuration at every handshake."""
     files.check()
-    reloader = _Reloader(files, _grpc_configuration)
+    reloader = _Reloader(files, _grpc_configuration, "gRPC")
     return grpc.dynamic_ssl_server_credentials(
         _grpc_configuration(files), reloader.fetch, require_client_authentication=files.client_ca is not None
     )
@@ -118,7 +119,7 @@ def rest_ssl_context(files: TlsFiles) -> ssl.SSLContext:
     server name) the connection is switched to a context built from the current files.
     """
     files.check()
-    reloader = _Reloader(files, _ssl_context)
+    reloader = _Reloader(files, _ssl_context, "REST")
     first = _ssl_context(files)
     current = [first]
 

@@ -9,6 +9,9 @@ Covers (issue 6, tests 1, 2 and 5):
     equal to in-process onnxruntime;
   * no client certificate, or one from another CA: refused; a client the CA signed
     but not in allowedClients: PERMISSION_DENIED;
+  * OIP v2 REST through the Service's ``http`` port (its ClusterIP, through
+    kube-proxy): the client's certificate gets the same predictions as gRPC,
+    no certificate gets 401, the health endpoint answers without one;
   * a model URI that does not exist: the init container really fails and the
     InferenceDeployment says ModelFetchFailed with the URI.
 """
@@ -23,7 +26,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from devkit.x509 import client_cert, make_ca
-from e2ekit.clients import NODE_PLACEMENT, batch, client, get_json, infer, ready_addresses, write_secret
+from e2ekit.clients import NODE_PLACEMENT, batch, client, get_json, infer, ready_addresses, rest_call, write_secret
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -79,6 +82,26 @@ def test_predictions_over_mtls_match_onnxruntime(cluster, stack, installed, serv
     session = ort.InferenceSession(str(stack.store_dir / "mlp.onnx"), providers=["CPUExecutionProvider"])
     want = session.run(None, {"input": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_rest_through_the_service_port(cluster, stack, installed, served, tmp_path):
+    ns = installed.apps
+    service = get_json(cluster, "service", served, "-n", ns)["spec"]
+    port = next(p["port"] for p in service["ports"] if p["name"] == "http")
+    assert port == 8000
+    certs = write_secret(cluster, ns, f"{served}-client-checkout", tmp_path / "checkout")
+    x = batch(2, seed=5)
+    body = {"id": "e2e-rest-1", "inputs": [{"name": "input", "shape": [2, 256], "datatype": "FP32",
+                                             "data": x.ravel().tolist()}]}
+    name, ip = f"{served}.{ns}.svc", service["clusterIP"]
+    status, answer = rest_call(ip, port, name, certs, "POST", f"/v2/models/{served}/infer", body)
+    assert status == 200 and answer["id"] == "e2e-rest-1", answer
+    session = ort.InferenceSession(str(stack.store_dir / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    got = np.asarray(answer["outputs"][0]["data"], np.float32).reshape(answer["outputs"][0]["shape"])
+    np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+    assert rest_call(ip, port, name, certs, "GET", f"/v2/models/{served}", present_certificate=False)[0] == 401
+    assert rest_call(ip, port, name, certs, "GET", "/v2/health/ready", present_certificate=False) == \
+        (200, {"ready": True})
 
 
 def test_refuses_without_certificate_or_from_another_ca(cluster, installed, served, tmp_path):

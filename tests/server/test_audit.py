@@ -24,6 +24,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +34,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from devkit.models import linear
+from devkit.waiting import wait_for
 from devkit.x509 import client_cert, make_ca, server_cert
+from kubeinfer_server.accesslog import FLUSH_EVERY_S
 from support.serverproc import ServerProcess
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -104,6 +107,12 @@ def stderr_lines(server: ServerProcess) -> list[dict]:
     return [json.loads(line.split(marker, 1)[1]) for line in server.log().splitlines() if marker in line]
 
 
+def between_flushes() -> None:
+    """The log writes its buffer at most every FLUSH_EVERY_S: a pause lets one write end here, so
+    that the traffic reaches the file in several writes and the file rotates between them."""
+    time.sleep(FLUSH_EVERY_S * 3)
+
+
 def mutual_traffic(server: ServerProcess, pki: Path) -> tuple[dict[str, tuple], Counter, dict[str, int]]:
     """Drive the mixed traffic; returns the calls with ids (id -> what the log must say), the
     calls without (counted by what the log must say), and the REST clients' local ports."""
@@ -119,6 +128,7 @@ def mutual_traffic(server: ServerProcess, pki: Path) -> tuple[dict[str, tuple], 
     assert alpha.get_model_metadata("linear").name == "linear"
     anonymous_ids[("grpc", "ModelMetadata", "alpha", "linear", "OK")] += 1
     alpha.close()
+    between_flushes()
 
     beta = grpc_client(server, pki, "beta")
     answers = []
@@ -129,12 +139,14 @@ def mutual_traffic(server: ServerProcess, pki: Path) -> tuple[dict[str, tuple], 
     beta.stop_stream()
     assert len(answers) == 2 and not any(isinstance(a, Exception) for a in answers), answers
     beta.close()
+    between_flushes()
 
     gamma = grpc_client(server, pki, "gamma")
     with pytest.raises(InferenceServerException, match="client 'gamma' is not allowed"):
         gamma.infer("linear", [grpc_input()], request_id="gamma-g-1")
     expected["gamma-g-1"] = ("grpc", "ModelInfer", "gamma", "linear", "", "PERMISSION_DENIED")
     gamma.close()
+    between_flushes()
 
     ports = {}
     for name, ids, status in (("alpha", ("alpha-r-1", "alpha-r-2"), 200), ("beta", ("beta-r-1",), 200),
@@ -167,6 +179,10 @@ def test_every_call_is_logged_once_with_its_identity(tmp_path, pki):
     with ServerProcess(f"--model=linear={model}") as plain:
         with server:
             expected, without_ids, ports = mutual_traffic(server, pki)
+            calls = len(expected) + sum(without_ids.values())
+            # written within moments, not only at shutdown
+            wait_for(lambda: len(access_lines(log_file)) == calls, timeout=2, interval=0.01,
+                     what=f"the {calls} calls in the access log file while the server runs")
         anonymous = Rest(plain, None, None)
         assert anonymous.infer("anon-r-1") == 200
         anonymous.close()

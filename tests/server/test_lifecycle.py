@@ -4,15 +4,16 @@ Covers: while the models load (gRPC already up), ModelInfer and ModelMetadata
 answer UNAVAILABLE ("loading models") and readiness is false, then the same
 calls succeed once loaded; under load ``kubeinfer_queue_depth`` counts accepted requests; SIGTERM
 turns readiness off, refuses new connections and answers every accepted
-request (queued or running) before a clean exit; a full queue answers
+request (queued or running, gRPC and REST) before a clean exit; a full queue answers
 RESOURCE_EXHAUSTED (not UNAVAILABLE) while the rest succeed; with a shutdown
 delay, readiness turns off at SIGTERM but new calls are still answered until the
 delay ends (so clients that have not yet seen the replica leave lose nothing); a request whose
 deadline passes in the queue is dropped before compute (statistics count it
-as failed, never as inferred); with a max connection age, a client that keeps
+as failed, never as inferred), over gRPC and over REST (``timeout``: 504); with a max connection age, a client that keeps
 calling sees no failures across connection recycling.
 """
 
+import json
 import os
 import queue
 import re
@@ -65,14 +66,34 @@ def _fire(client, count, rows=1, **kwargs):
     return answers
 
 
+def _rest_infer(server, rows: int = 1, timeout_us: int | None = None) -> tuple[int, dict]:
+    """A REST inference on the slow model: (HTTP status, answer)."""
+    body: dict = {"inputs": [{"name": "x", "shape": [rows, WIDTH], "datatype": "FP32",
+                              "parameters": {"binary_data_size": rows * WIDTH * 4}}]}
+    if timeout_us is not None:
+        body["parameters"] = {"timeout": timeout_us}
+    header = json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/slow/infer", method="POST",
+                                     data=header + np.ones((rows, WIDTH), np.float32).tobytes(),
+                                     headers={"Inference-Header-Content-Length": str(len(header))})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, {}
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
 def test_sigterm_drains_every_accepted_request(slow_model):
     server = ServerProcess(f"--model=slow={slow_model}", "--max-batch-size=4", "--grace-seconds=60",
                            "--intra-op-threads=1").start()
     try:
         client = tc.InferenceServerClient(server.url)
         answers = _fire(client, 32, rows=4)
+        rest: queue.Queue = queue.Queue()  # REST calls in flight too, each on its own connection
+        for _ in range(4):
+            threading.Thread(target=lambda: rest.put(_rest_infer(server, rows=4)), daemon=True).start()
         # Accepted = in the server's queue (the depth metric) or already answered.
-        wait_for(lambda: (_metric(server, "kubeinfer_queue_depth") or 0) + _answered(server) >= 32, 30,
+        wait_for(lambda: (_metric(server, "kubeinfer_queue_depth") or 0) + _answered(server) >= 36, 30,
                  "the queue depth metric to show the accepted requests", interval=0.02)
         assert _answered(server) < 32, "every request was answered before SIGTERM: nothing to drain"
         server.terminate()
@@ -82,6 +103,7 @@ def test_sigterm_drains_every_accepted_request(slow_model):
         results = [answers.get(timeout=60) for _ in range(32)]
         assert [str(e) for _, e in results if e is not None] == []
         assert sorted(int(r.get_response().id) for r, _ in results) == list(range(32))
+        assert [rest.get(timeout=60)[0] for _ in range(4)] == [200] * 4
         assert server.wait(60) == 0
         assert "Draining" in server.log() and "Stopped" in server.log()
     finally:
@@ -175,10 +197,12 @@ def test_expired_deadline_is_dropped_before_compute(slow_model):
         with pytest.raises(InferenceServerException) as err:
             client.infer("slow", _request(), client_timeout=0.05)
         assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        status, answer = _rest_infer(server, timeout_us=50_000)  # REST: the timeout parameter, in microseconds
+        assert status == 504 and "deadline" in answer["error"], answer
         assert all(e is None for _, e in (busy.get(timeout=120) for _ in range(48)))
         stats = client.get_inference_statistics("slow", as_json=True)["model_stats"][0]
-        assert int(stats["inference_count"]) == 48 * 8, "the expired request must not be computed"
-        assert int(stats["inference_stats"]["fail"]["count"]) >= 1
+        assert int(stats["inference_count"]) == 48 * 8, "the expired requests must not be computed"
+        assert int(stats["inference_stats"]["fail"]["count"]) >= 2
 
 
 def _my_sockets() -> set[str]:

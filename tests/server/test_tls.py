@@ -219,6 +219,8 @@ def test_rest_follows_the_same_mutual_tls_and_allow_list(mtls_server, pki):
     assert rest_get(port, "/v2/models/linear", trust, files("risk")) == 403
     assert rest_get(port, "/v2/models/linear", trust) == 401
     assert rest_get(port, "/v2/health/ready", trust) == 200  # the kubelet's probes carry no certificate
+    assert rest_get(port, "/v2/models/linear/ready", trust) == 401  # it would name the served models
+    assert rest_get(port, "/v2/models/linear/ready", trust, files("checkout")) == 200
     with pytest.raises(HANDSHAKE_REFUSED):  # with TLS 1.3 the client learns it only on its first read
         rest_get(port, "/v2/models/linear", trust, files("stranger"))
     assert rest_get(port, "/v2/models/linear", trust, files("checkout")) == 200

@@ -22,8 +22,7 @@ from kubeinfer_server import tensors
 from kubeinfer_server.accesslog import AccessLog, Call, RequestIds, RotatingFile
 from kubeinfer_server.core import InferResult
 from kubeinfer_server.errors import InvalidInput, PermissionDenied, Unauthenticated
-from kubeinfer_server.identity import (ANONYMOUS, UNAUTHENTICATED, Identity, name_from_auth_context,
-                                       name_from_peercert)
+from kubeinfer_server.identity import ANONYMOUS, UNAUTHENTICATED, Identity, name_from_auth_context, name_from_peercert
 from kubeinfer_server.model import TensorSpec
 from kubeinfer_server.restcodec import decode_request, encode_response, parse_body
 
