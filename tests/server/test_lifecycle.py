@@ -9,8 +9,9 @@ RESOURCE_EXHAUSTED (not UNAVAILABLE) while the rest succeed; with a shutdown
 delay, readiness turns off at SIGTERM but new calls are still answered until the
 delay ends (so clients that have not yet seen the replica leave lose nothing); a request whose
 deadline passes in the queue is dropped before compute (statistics count it
-as failed, never as inferred), over gRPC and over REST (``timeout``: 504); with a max connection age, a client that keeps
-calling sees no failures across connection recycling.
+as failed, never as inferred), over gRPC and over REST (``timeout``: 504);
+with a max connection age, a client that keeps calling sees no failures
+across connection recycling.
 """
 
 import json
