@@ -1,6 +1,7 @@
 """Triton's ``perf_analyzer`` (the real C++ client, from the tritonclient 2.51
 wheel) runs unchanged against the server: unary, ``--streaming`` and batch-8
-requests, with server-side statistics, and reports throughput. Short windows:
+requests over gRPC, and over REST (``-i http``) with binary and JSON tensors,
+with server-side statistics, and reports throughput. Short windows:
 this checks the protocol perf_analyzer relies on (ModelMetadata, ModelConfig,
 ServerMetadata extensions, ModelStatistics, ModelInfer, ModelStreamInfer), not
 speed (bench/ measures speed). Without perf_analyzer installed
@@ -31,13 +32,23 @@ def perf_analyzer():
     return str(WRAPPER)
 
 
-@pytest.mark.parametrize("extra", [[], ["--streaming"], ["-b", "8"]], ids=["unary", "streaming", "batch8"])
-def test_perf_analyzer_runs_against_the_server(perf_analyzer, tmp_path, extra):
+HTTP = ["-i", "http"]
+CASES = {
+    "unary": ["-i", "grpc"], "streaming": ["-i", "grpc", "--streaming"], "batch8": ["-i", "grpc", "-b", "8"],
+    "rest-binary": HTTP, "rest-json": [*HTTP, "--input-tensor-format", "json", "--output-tensor-format", "json"],
+    "rest-batch8": [*HTTP, "-b", "8"],
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_perf_analyzer_runs_against_the_server(perf_analyzer, tmp_path, case):
     model = linear(tmp_path / "linear.onnx")
     report = tmp_path / "report.csv"
+    extra = CASES[case]
     with ServerProcess(f"--model=linear={model}", "--access-log-sample-rate=0") as server:
+        url = server.http_url if "http" in extra else server.url
         done = subprocess.run(
-            [perf_analyzer, "-m", "linear", "-i", "grpc", "-u", server.url, "--concurrency-range", "4",
+            [perf_analyzer, "-m", "linear", "-u", url, "--concurrency-range", "4",
              "--measurement-mode", "time_windows", "-p", "500", "-s", "10000", "-r", "3", "-f", str(report),
              *extra],
             capture_output=True, text=True, timeout=120)
