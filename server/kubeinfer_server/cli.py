@@ -1,4 +1,5 @@
-"""``kubeinfer-server``: ``serve`` models over OIP v2 gRPC, or ``fetch`` a model file.
+"""``kubeinfer-server``: ``serve`` models over OIP v2 gRPC and REST, ``fetch`` a model file, or
+score a dataset offline with ``batch``.
 
 Every ``serve`` flag also reads an environment variable, ``KUBEINFER_<FLAG>``
 (the flag wins), so the operator can configure pods through env vars; the
@@ -18,6 +19,8 @@ from kubeinfer_server import eventloop
 from kubeinfer_server.errors import ModelLoadError
 from kubeinfer_server.settings import SERVE_FLAGS, Flag, ServeSettings, settings_from_values
 from kubeinfer_server.tls import TlsError
+
+SERVE_FLAGS_BY_NAME = {flag.name: flag for flag in SERVE_FLAGS}
 
 log = logging.getLogger("kubeinfer_server")
 
@@ -70,12 +73,38 @@ def _fetch_parser(sub, env: Mapping[str, str]) -> None:
     p.add_argument("--log-level", default=env.get("KUBEINFER_LOG_LEVEL", "INFO"))
 
 
+def _batch_parser(sub, env: Mapping[str, str]) -> None:
+    from kubeinfer_server.batchout import OUTPUT_FORMATS
+    from kubeinfer_server.dataset import FORMATS
+
+    p = sub.add_parser("batch", help="score a dataset offline: Parquet, JSONL or CSV in; Parquet or JSONL out")
+    p.set_defaults(command_parser=p)
+    p.add_argument("--model", required=True, help="the ONNX model: a path or any URI fetch takes")
+    p.add_argument("--input", required=True, help="a file, or a folder or prefix of files (fsspec URI)")
+    p.add_argument("--output", required=True, help="a folder or prefix for the parts (fsspec URI)")
+    p.add_argument("--input-format", choices=FORMATS, help="default: from the file names")
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="parquet")
+    p.add_argument("--input-columns", action="append", default=[], metavar="TENSOR=COL[,COL...]",
+                   help="stack scalar columns into one [-1, N] model input (repeatable)")
+    p.add_argument("--id-column", help="a column that names each row in the output (default: file and row)")
+    p.add_argument("--batch-size", type=int, default=0, help="rows per model run (0: the fastest of 64, 256, 1024)")
+    p.add_argument("--shard", type=int, default=None, help="this shard's index (default: $JOB_COMPLETION_INDEX, or 0)")
+    p.add_argument("--shards", type=int, default=1, help="how many shards share the input (every N-th unit)")
+    p.add_argument("--max-failed-rows", type=int, default=0, help="bad rows allowed before the run fails")
+    p.add_argument("--overwrite", action="store_true", help="redo this shard's parts instead of resuming")
+    p.add_argument("--providers", type=_converter(SERVE_FLAGS_BY_NAME["providers"]), default=("cpu",))
+    p.add_argument("--intra-op-threads", type=int, default=0)
+    p.add_argument("--sha256", help="the model's expected sha256")
+    p.add_argument("--log-level", default=env.get("KUBEINFER_LOG_LEVEL", "INFO"))
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """The ``kubeinfer-server`` parser, with defaults from ``env`` (``KUBEINFER_*``)."""
     parser = argparse.ArgumentParser(prog="kubeinfer-server", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub, env)
     _fetch_parser(sub, env)
+    _batch_parser(sub, env)
     return parser
 
 
@@ -93,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "fetch":
         return _fetch(command_parser, args)
+    if args.command == "batch":
+        return _batch(command_parser, args, os.environ)
     try:
         settings = serve_settings(args)
         loop_name, run_on_loop = eventloop.runner(settings.event_loop)
@@ -121,6 +152,47 @@ def _serve_workers(parser, settings, count: int, run_on_loop) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     return run_on_loop(supervisor.run())
+
+
+def _batch(parser, args, env: Mapping[str, str]) -> int:
+    from kubeinfer_server.batchrun import BatchFailed, BatchSettings, BatchUsageError, run, write_termination_message
+
+    summary, error = None, None
+    try:
+        shard = args.shard if args.shard is not None else int(env.get("JOB_COMPLETION_INDEX", "0"))
+        settings = BatchSettings(
+            model=args.model, input=args.input, output=args.output, input_format=args.input_format,
+            output_format=args.output_format, input_columns=_input_columns(args.input_columns),
+            id_column=args.id_column, batch_size=args.batch_size, shard=shard, shards=args.shards,
+            max_failed_rows=args.max_failed_rows, overwrite=args.overwrite, providers=args.providers,
+            intra_op_threads=args.intra_op_threads, sha256=args.sha256)
+        summary = run(settings)
+        return 0
+    except (BatchUsageError, ValueError) as exc:
+        error = str(exc)
+        write_termination_message(None, error)
+        parser.error(error)
+    except BatchFailed as exc:
+        error = str(exc)
+        log.error("Batch failed: %s", exc)
+        return 1
+    finally:
+        write_termination_message(summary, error)
+    return 1
+
+
+def _input_columns(values: list[str]) -> dict[str, tuple[str, ...]]:
+    """``TENSOR=COL,COL`` (repeatable) as a dict; ValueError says what is wrong."""
+    mapping: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        name, sep, columns = value.partition("=")
+        stacked = tuple(c.strip() for c in columns.split(",") if c.strip())
+        if not sep or not name.strip() or not stacked:
+            raise ValueError(f"--input-columns takes TENSOR=COL[,COL...], got {value!r}")
+        if name.strip() in mapping:
+            raise ValueError(f"--input-columns names {name.strip()!r} twice")
+        mapping[name.strip()] = stacked
+    return mapping
 
 
 def _fetch(parser, args) -> int:
