@@ -29,14 +29,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kubeinfer_server.dataset import Unit, open_fs
+from kubeinfer_server.dataset import Unit, is_local, open_fs
 from kubeinfer_server.model import TensorSpec
 
 MANIFEST = "_kubeinfer_batch.json"
 SUCCESS = "_SUCCESS"
 ERRORS_DIR = "_errors"
 SHARDS_DIR = "_shards"
-OUTPUT_FORMATS = ("parquet", "jsonl")
 
 
 class OutputConflict(ValueError):
@@ -58,7 +57,7 @@ class Output:
         self.fs, self.root = open_fs(uri)
         self.root = self.root.rstrip("/")
         self.format = fmt
-        self.local = self.fs.protocol in ("file", ("file", "local"))
+        self.local = is_local(self.fs)
 
     # --- paths ---------------------------------------------------------------------
     def part(self, unit: Unit) -> str:
@@ -109,6 +108,8 @@ class Output:
                     self.fs.rm(stale)
 
     def _has_data(self) -> bool:
+        if not self.fs.exists(self.root):  # an object store's prefix exists once it holds an object
+            return False
         return any(not os.path.basename(p).startswith(("_", ".")) for p in self.fs.ls(self.root, detail=False))
 
     def done(self, unit: Unit) -> UnitCounts | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from kubeinfer_server import eventloop
 from kubeinfer_server.errors import ModelLoadError
+from kubeinfer_server.formats import INPUT_FORMATS, OUTPUT_FORMATS
 from kubeinfer_server.settings import SERVE_FLAGS, Flag, ServeSettings, settings_from_values
 from kubeinfer_server.tls import TlsError
 
@@ -74,15 +75,12 @@ def _fetch_parser(sub, env: Mapping[str, str]) -> None:
 
 
 def _batch_parser(sub, env: Mapping[str, str]) -> None:
-    from kubeinfer_server.batchout import OUTPUT_FORMATS
-    from kubeinfer_server.dataset import FORMATS
-
     p = sub.add_parser("batch", help="score a dataset offline: Parquet, JSONL or CSV in; Parquet or JSONL out")
     p.set_defaults(command_parser=p)
     p.add_argument("--model", required=True, help="the ONNX model: a path or any URI fetch takes")
     p.add_argument("--input", required=True, help="a file, or a folder or prefix of files (fsspec URI)")
     p.add_argument("--output", required=True, help="a folder or prefix for the parts (fsspec URI)")
-    p.add_argument("--input-format", choices=FORMATS, help="default: from the file names")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, help="default: from the file names")
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="parquet")
     p.add_argument("--input-columns", action="append", default=[], metavar="TENSOR=COL[,COL...]",
                    help="stack scalar columns into one [-1, N] model input (repeatable)")

@@ -33,9 +33,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from kubeinfer_server.formats import INPUT_FORMATS
 from kubeinfer_server.model import TensorSpec
 
-FORMATS = ("parquet", "jsonl", "csv")
 _SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
              ".csv": "csv"}
 SOURCE_COLUMN, ROW_COLUMN = "_source", "_row"  # the id of a row when there is no --id-column
@@ -77,7 +77,7 @@ def format_of(path: str, given: str | None) -> str:
         if path.lower().endswith(suffix):
             return name
     raise DatasetError(f"cannot tell the format of {path!r} from its name: give --input-format "
-                       f"({', '.join(FORMATS)})")
+                       f"({', '.join(INPUT_FORMATS)})")
 
 
 def list_files(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
@@ -119,8 +119,12 @@ def list_units(uri: str, input_format: str | None) -> list[Unit]:
     return units
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return fs.protocol in ("file", ("file", "local"))
+
+
 def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    return fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local")) else path
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def read_schema(unit: Unit) -> pa.Schema:
@@ -134,6 +138,9 @@ def read_batches(unit: Unit, batch_size: int) -> Iterator[pa.RecordBatch]:
     """The unit's rows as record batches of at most ``batch_size`` rows."""
     fs, path = open_fs(unit.path)
     try:
+        if unit.format == "parquet" and is_local(fs):  # Arrow's own file reads without the GIL
+            yield from pq.ParquetFile(path).iter_batches(batch_size, row_groups=[unit.row_group])
+            return
         with fs.open(path, "rb") as handle:
             if unit.format == "parquet":
                 yield from pq.ParquetFile(handle).iter_batches(batch_size, row_groups=[unit.row_group])
@@ -296,6 +303,11 @@ def _convert_lists(source: Source, column: pa.Array, rows: int, dtype: np.dtype)
         bad[int(row)] = (f"column {source.columns[0]!r} is null" if length < 0 else
                          f"column {source.columns[0]!r} holds {length} values, the model takes {width} a row")
     fits = lengths == width
+    if fits.all():  # the common case: a view of the column's values when no conversion is needed
+        converted, problems = _to_dtype(pc.list_flatten(column), dtype, source.columns[0])
+        for element, reason in problems.items():
+            bad.setdefault(element // width, reason)
+        return converted.reshape((rows, *source.row_shape)), bad
     values = np.zeros((rows, width), dtype=dtype)
     if fits.any():
         kept = column.filter(pa.array(fits)) if not fits.all() else column
