@@ -35,6 +35,7 @@ from kubeinfer_server.model import TensorSpec
 MANIFEST = "_kubeinfer_batch.json"
 SUCCESS = "_SUCCESS"
 ERRORS_DIR = "_errors"
+ROW_GROUP_ROWS = 65536  # rows of an output row group (at most: a part's last one holds the rest)
 SHARDS_DIR = "_shards"
 
 
@@ -182,6 +183,8 @@ class PartWriter:
         self._errors: list[bytes] = []
         self._path = output._temp(f"{unit.name}.{output.format}")
         self._parquet: pq.ParquetWriter | None = None
+        self._pending: list[pa.Table] = []  # batches not yet written: a row group holds several
+        self._pending_rows = 0
         self._lines = open(self._path, "wb") if output.format == "jsonl" else None  # noqa: SIM115
         if output.format == "parquet":
             fields = list(ids_schema) + [pa.field(s.name, _arrow_type(s)) for s in outputs]
@@ -196,7 +199,10 @@ class PartWriter:
         self.rows += ids.num_rows
         if self._parquet is not None:
             columns = [*ids.columns, *(_arrow_column(s, a) for s, a in zip(self.specs, arrays, strict=True))]
-            self._parquet.write_table(pa.table(columns, schema=self._parquet.schema))
+            self._pending.append(pa.table(columns, schema=self._parquet.schema))
+            self._pending_rows += ids.num_rows
+            if self._pending_rows >= ROW_GROUP_ROWS:
+                self._flush()
             return
         assert self._lines is not None
         id_rows = ids.to_pylist()
@@ -211,7 +217,14 @@ class PartWriter:
         for row, reason in sorted(reasons.items()):
             self._errors.append(orjson.dumps({**id_rows[row], "reason": reason}, option=orjson.OPT_APPEND_NEWLINE))
 
+    def _flush(self) -> None:
+        """Write the pending batches as one row group (one per batch would bloat the file)."""
+        if self._pending and self._parquet is not None:
+            self._parquet.write_table(pa.concat_tables(self._pending))
+        self._pending, self._pending_rows = [], 0
+
     def commit(self) -> UnitCounts:
+        self._flush()
         self._close()
         if self._errors:
             errors = self.output._temp(f"{ERRORS_DIR}/{self.unit.name}.jsonl")

@@ -43,6 +43,7 @@ from kubeinfer_server.errors import ModelLoadError
 from kubeinfer_server.model import Model, ModelOptions
 
 AUTO_BATCH_SIZES = (64, 256, 1024)
+DEFAULT_BATCH_SIZE = 256
 PROBE_SECONDS = 0.2
 PROGRESS_EVERY_S = 5.0
 QUEUE_DEPTH = 4  # batches in flight between two stages
@@ -225,6 +226,8 @@ def _known_rows(units: list[Unit]) -> int | None:
 
 def fastest_batch_size(model: Model) -> int:
     """The batch size, of ``AUTO_BATCH_SIZES``, at which the model scores the most rows a second."""
+    if any(s.datatype.name == "BYTES" for s in model.inputs):
+        return DEFAULT_BATCH_SIZE  # no neutral text to probe with
     best, best_rate = AUTO_BATCH_SIZES[0], 0.0
     for size in AUTO_BATCH_SIZES:
         feeds = {s.name: np.zeros((size, *s.shape[1:]), dtype=s.datatype.dtype) for s in model.inputs}
