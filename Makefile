@@ -7,14 +7,14 @@ PIP := $(VENV)/bin/pip
 # The product and the dev tooling (hack/pyproject.toml, kubeinfer-dev): a change to either reinstalls.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml hack/pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test test-fast demo demo-server proto lint clean bench bench-rest perf-analyzer chart-lint
+.PHONY: venv test test-fast demo demo-server proto lint clean bench bench-rest bench-batch perf-analyzer chart-lint
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml hack/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[cpu,test,operator]' -e hack/
+	$(PIP) install -q -e '.[cpu,test,operator,s3]' -e hack/
 	@touch $@
 
 # Regenerates the protocol descriptor set from the .proto sources.
@@ -62,6 +62,9 @@ bench: venv perf-analyzer
 
 bench-rest: venv perf-analyzer
 	$(PY) bench/rest_bench.py --models mlp,linear --rounds 2
+
+bench-batch: venv
+	$(PY) bench/batch_bench.py --models mlp,cnn --rounds 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info hack/*.egg-info

@@ -40,7 +40,8 @@ stamp_core="${root}/.stamp-core"
 stamp_adapter="${root}/.stamp-adapter-${PROMETHEUS_ADAPTER_VERSION}"
 stamp_node="${root}/.stamp-node-${CONTAINERD_VERSION}-${CRICTL_VERSION}"
 node_bins=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr crictl)
-stamp_text="$(grep -v '^#' "${here}/versions.env" | grep -v '^$'; go env GOVERSION)"
+# SeaweedFS has a build of its own (build-seaweedfs.sh): its version does not stale these binaries.
+stamp_text="$(grep -v -e '^#' -e '^$' -e '^SEAWEEDFS_VERSION=' "${here}/versions.env"; go env GOVERSION)"
 
 have() {  # have <bins...>: every one is built
   local b; for b in "$@"; do [[ -x "${bin}/${b}" ]] || return 1; done

@@ -4,10 +4,10 @@
 # dev package hack/localcluster (python -m localcluster; installed by make venv). The node's
 # images come from hack/images.mk. Versions: hack/versions.env. Docs: docs/local-cluster.md.
 
-.PHONY: cluster-build cluster-build-adapter cluster-up cluster-down cluster-status node-deps
+.PHONY: cluster-build cluster-build-adapter cluster-up cluster-down cluster-status node-deps s3-build
 
 # Cold: many minutes (see docs/local-cluster.md); warm: a second.
-cluster-build: node-deps
+cluster-build: node-deps s3-build
 	@hack/build-controlplane.sh core
 	@hack/build-controlplane.sh node
 
@@ -20,6 +20,11 @@ node-deps:
 	  echo "Installing Debian's runc, containernetworking-plugins, iptables, conntrack, iproute2"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    runc containernetworking-plugins iptables conntrack iproute2; fi
+
+# SeaweedFS's weed, the S3 server of the tests (hack/build-seaweedfs.sh, devkit.s3server):
+# cold 3-10 minutes, warm a second; into ~/.cache/kubeinfer/seaweedfs/<version>/.
+s3-build:
+	@hack/build-seaweedfs.sh
 
 # prometheus-adapter, for the custom-metrics work; separate so a failure here never
 # blocks the core control plane.

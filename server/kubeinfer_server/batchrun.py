@@ -152,9 +152,9 @@ def run(settings: BatchSettings, progress: Progress | None = None) -> Summary:
 
 def _model_file(settings: BatchSettings, scratch: str) -> tuple[str, str]:
     """The model's local path and sha256 (fetched first when it is a URI; checked against --sha256)."""
-    from kubeinfer_server.fetch import FetchError, fetch
+    from kubeinfer_server.fetch import FetchError, fetch, is_remote
 
-    if "://" in settings.model and not settings.model.startswith("file://"):
+    if is_remote(settings.model):
         try:
             local = os.path.join(scratch, "model.onnx")
             return local, fetch(settings.model, local, settings.sha256)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import ssl
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,16 +29,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from kubeinfer_server import metrics, metrics_http, protocol, rest
+from kubeinfer_server import fetch, metrics, metrics_http, protocol, rest
 from kubeinfer_server.accesslog import AccessLog, RotatingFile
 from kubeinfer_server.accounting import Accounting
 from kubeinfer_server.core import Repository, ServedModel
+from kubeinfer_server.errors import ModelLoadError
 from kubeinfer_server.frontend import Frontend
 from kubeinfer_server.identity import Identity
 from kubeinfer_server.metrics import Metrics
 from kubeinfer_server.model import Model
 from kubeinfer_server.servicer import InferenceServicer, register
-from kubeinfer_server.settings import ServeSettings
+from kubeinfer_server.settings import ModelSource, ServeSettings
 from kubeinfer_server.tls import rest_ssl_context, server_credentials
 
 log = logging.getLogger(__name__)
@@ -144,12 +147,21 @@ class Server:
             await runner.cleanup()
 
     def _load_models(self) -> list[Model]:
-        """Load and warm up every model (in a thread: it takes seconds to minutes)."""
+        """Load and warm up every model (in a thread: it takes seconds to minutes). A model
+        given as a URI (s3://, http(s)://, ...) is fetched into a temporary directory first,
+        removed again once its sessions hold it."""
         models = []
-        for source in self.settings.models:
-            model = Model(source.name, source.path, self.settings.model_options)
-            model.warm_up()
-            models.append(model)
+        with tempfile.TemporaryDirectory(prefix="kubeinfer-models-") as scratch:
+            for index, source in enumerate(self.settings.models):
+                path = _model_file(source, index, scratch)
+                try:
+                    model = Model(source.name, path, self.settings.model_options)
+                except ModelLoadError as exc:
+                    if not fetch.is_remote(source.path):
+                        raise
+                    raise ModelLoadError(f"model {source.name} from {source.path}: {exc}") from None
+                model.warm_up()
+                models.append(model)
         return models
 
     def _serve_models(self, models: list[Model]) -> None:
@@ -164,6 +176,19 @@ class Server:
         await self.health.set(protocol.SERVICE_NAME, status)
         for source in self.settings.models:
             await self.health.set(source.name, status)
+
+
+def _model_file(source: ModelSource, index: int, scratch: str) -> str:
+    """The local path of ``source``'s model: as given, or fetched into ``scratch`` (the same
+    URIs as ``kubeinfer-server fetch``); a failed fetch is a ModelLoadError naming the model."""
+    if not fetch.is_remote(source.path):
+        return source.path.removeprefix("file://")
+    local = os.path.join(scratch, f"{index}.onnx")
+    try:
+        fetch.fetch(source.path, local)
+    except fetch.FetchError as exc:
+        raise ModelLoadError(f"model {source.name}: {exc}") from None
+    return local
 
 
 def build_server(settings: ServeSettings, reuse_port: bool = False) -> Server:
