@@ -17,6 +17,7 @@ DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {"requests": {"cpu": "1", "
 DEFAULT_GPU_RESOURCE_NAME = "nvidia.com/gpu"
 DEFAULT_ENGINE = "HPA"
 DEFAULT_TLS_MODE = "Server"
+DEFAULT_ACCESS_LOG_SAMPLE_RATE = 1.0
 # Not in the CRD: spec.replicas must stay unset there, or it would clash with spec.autoscaling.
 DEFAULT_REPLICAS = 1
 
@@ -42,6 +43,8 @@ INTEGER_FIELDS: Mapping[str, IntegerField] = MappingProxyType({f.path: f for f i
     IntegerField("runtime.instances", 1, 1, 64),
     IntegerField("runtime.drainGraceSeconds", 30, 0, 3600),
     IntegerField("runtime.maxConnectionAgeSeconds", 0, 0, 86400),
+    IntegerField("runtime.workers", 1, 1, 64),
+    IntegerField("runtime.maxMessageBytes", 64 * 1024 * 1024, 1024, 2**31 - 1),
     IntegerField("batching.maxBatchSize", 32, 0, 4096),
     IntegerField("batching.maxQueueDelayMicroseconds", 2000, 0, 10_000_000),
     IntegerField("batching.maxQueueSize", 1024, 1, 1_000_000),
@@ -62,5 +65,6 @@ DEFAULTS: Mapping[str, object] = MappingProxyType({
     "gpu.resourceName": DEFAULT_GPU_RESOURCE_NAME,
     "autoscaling.engine": DEFAULT_ENGINE,
     "tls.mode": DEFAULT_TLS_MODE,
+    "runtime.accessLogSampleRate": DEFAULT_ACCESS_LOG_SAMPLE_RATE,
     **{path: f.default for path, f in INTEGER_FIELDS.items() if f.default is not None},
 })

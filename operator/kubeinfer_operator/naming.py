@@ -28,6 +28,10 @@ ROLE_LABEL = "kubeinfer.io/role"
 CLIENT_LABEL = "kubeinfer.io/client"
 
 
+# The labels the operator owns on every pod; podLabels may not set them (the CRD refuses too).
+SELECTOR_LABEL_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by")
+
+
 def selector_labels(name: str) -> dict[str, str]:
     """The labels that select this InferenceDeployment's pods (immutable once applied)."""
     return {"app.kubernetes.io/name": SERVER_APP, "app.kubernetes.io/instance": name}

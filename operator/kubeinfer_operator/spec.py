@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubeinfer_operator.defaults import (
+    DEFAULT_ACCESS_LOG_SAMPLE_RATE,
     DEFAULT_ENGINE,
     DEFAULT_EXECUTION_PROVIDERS,
     DEFAULT_GPU_RESOURCE_NAME,
@@ -22,6 +23,7 @@ from kubeinfer_operator.defaults import (
     DEFAULT_TLS_MODE,
     INTEGER_FIELDS,
 )
+from kubeinfer_operator.naming import SELECTOR_LABEL_KEYS
 from kubeinfer_operator.settings import Settings
 
 PROVIDERS = ("TensorRT", "CUDA", "CPU")
@@ -72,6 +74,9 @@ class Runtime:
     instances: int
     drain_grace_seconds: int
     max_connection_age_seconds: int
+    workers: int
+    max_message_bytes: int
+    access_log_sample_rate: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +121,20 @@ class Tls:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodSettings:
+    """What a platform sets on every pod: registry and cloud identity, variables, labels, placement."""
+
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account_name: str | None = None
+    env: tuple[Mapping[str, Any], ...] = ()  # core/v1 EnvVar, as given
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    priority_class_name: str | None = None
+    runtime_class_name: str | None = None
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class InferenceSpec:
     """Everything the builders need, for one InferenceDeployment."""
 
@@ -132,6 +151,7 @@ class InferenceSpec:
     replicas: int | None
     autoscaling: Autoscaling | None
     tls: Tls
+    pod: PodSettings = PodSettings()
 
     @property
     def desired_replicas(self) -> int:
@@ -166,6 +186,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings
         replicas=_optional_int(spec, "replicas"),
         autoscaling=_autoscaling(spec.get("autoscaling")),
         tls=_tls(_obj(spec, "tls"), settings),
+        pod=_pod(spec),
     )
 
 
@@ -193,6 +214,37 @@ def _runtime(raw: Mapping[str, Any], settings: Settings) -> Runtime:
         instances=_int(raw, "runtime.instances"),
         drain_grace_seconds=_int(raw, "runtime.drainGraceSeconds"),
         max_connection_age_seconds=_int(raw, "runtime.maxConnectionAgeSeconds"),
+        workers=_int(raw, "runtime.workers"),
+        max_message_bytes=_int(raw, "runtime.maxMessageBytes"),
+        access_log_sample_rate=_sample_rate(raw),
+    )
+
+
+def _sample_rate(raw: Mapping[str, Any]) -> float:
+    value = raw.get("accessLogSampleRate", DEFAULT_ACCESS_LOG_SAMPLE_RATE)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise SpecError("runtime.accessLogSampleRate must be a number from 0 to 1")
+    return float(value)
+
+
+def _pod(spec: Mapping[str, Any]) -> PodSettings:
+    env = tuple(dict(e) for e in _list(spec, "env"))
+    reserved = [e.get("name") for e in env if str(e.get("name", "")).startswith("KUBEINFER_")]
+    if reserved:
+        raise SpecError(f"env {reserved[0]}: names starting with KUBEINFER_ are set by the operator from the spec")
+    labels = {str(k): str(v) for k, v in _obj(spec, "podLabels").items()}
+    taken = sorted(set(labels) & set(SELECTOR_LABEL_KEYS))
+    if taken:
+        raise SpecError(f"podLabels must not set {taken[0]}: the operator's labels select the pods")
+    return PodSettings(
+        image_pull_secrets=tuple(str(s["name"]) for s in _list(spec, "imagePullSecrets")),
+        service_account_name=spec.get("serviceAccountName") or None,
+        env=env,
+        labels=labels,
+        annotations={str(k): str(v) for k, v in _obj(spec, "podAnnotations").items()},
+        priority_class_name=spec.get("priorityClassName") or None,
+        runtime_class_name=spec.get("runtimeClassName") or None,
+        topology_spread_constraints=tuple(dict(c) for c in _list(spec, "topologySpreadConstraints")),
     )
 
 

@@ -35,7 +35,8 @@ SPECS = {
     "everything set": {
         "model": {"name": "scorer", "uri": "https://models.example/fraud.onnx", "sha256": "a" * 64},
         "runtime": {"executionProviders": ["CUDA", "CPU"], "intraOpThreads": 3, "instances": 2,
-                    "drainGraceSeconds": 45, "maxConnectionAgeSeconds": 600},
+                    "drainGraceSeconds": 45, "maxConnectionAgeSeconds": 600, "workers": 3,
+                    "maxMessageBytes": 8388608, "accessLogSampleRate": 0.1},
         "batching": {"maxBatchSize": 64, "maxQueueDelayMicroseconds": 500, "preferredBatchSizes": [16, 64],
                      "maxQueueSize": 99},
         "tls": {"mode": "Mutual", "clients": [{"name": "checkout"}, {"name": "risk"}],
@@ -54,6 +55,7 @@ def _pod_settings(raw_spec: dict[str, Any]) -> tuple[Any, dict[str, str], ServeS
 @pytest.mark.parametrize("name", SPECS)
 def test_the_operators_env_gives_the_server_the_specs_settings(name):
     spec, env, settings = _pod_settings(SPECS[name])
+    workers = build_parser(env).parse_args(["serve"]).workers  # a process count, not a ServeSettings field
     assert set(env) <= set(SERVE_FLAGS_BY_ENV), "a variable the server does not read"
     (model,) = settings.models
     assert (model.name, model.path) == (spec.model.name, env["KUBEINFER_MODELS"].split("=", 1)[1])
@@ -69,6 +71,9 @@ def test_the_operators_env_gives_the_server_the_specs_settings(name):
     assert options.instances == spec.runtime.instances
     assert settings.grace_seconds == spec.runtime.drain_grace_seconds
     assert settings.max_connection_age_seconds == spec.runtime.max_connection_age_seconds
+    assert settings.max_message_bytes == spec.runtime.max_message_bytes
+    assert settings.access_log_sample_rate == spec.runtime.access_log_sample_rate
+    assert workers == spec.runtime.workers
     assert settings.shutdown_delay_seconds > 0
     assert (settings.tls is not None) == spec.tls.enabled
     if settings.tls is not None:
@@ -87,6 +92,9 @@ def test_the_servers_defaults_are_the_crds():
     assert flags["providers"] == tuple(p.lower() for p in DEFAULTS["runtime.executionProviders"])
     assert flags["grace-seconds"] == DEFAULTS["runtime.drainGraceSeconds"]
     assert flags["max-connection-age-seconds"] == DEFAULTS["runtime.maxConnectionAgeSeconds"]
+    assert flags["workers"] == DEFAULTS["runtime.workers"]
+    assert flags["max-message-bytes"] == DEFAULTS["runtime.maxMessageBytes"]
+    assert flags["access-log-sample-rate"] == DEFAULTS["runtime.accessLogSampleRate"]
 
 
 def test_the_contract_doc_lists_every_flag_and_variable():

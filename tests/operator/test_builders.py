@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import re
+
+import pytest
 
 from kubeinfer_operator.builders import desired_children
 from kubeinfer_operator.builders.deployment import build_deployment
 from kubeinfer_operator.builders.scaling import build_hpa, build_pdb
 from kubeinfer_operator.builders.services import build_headless_service, build_service
 from kubeinfer_operator.certificate_plan import plan_certificates
+from kubeinfer_operator.spec import SpecError
 
 OWNER = {
     "apiVersion": "kubeinfer.io/v1alpha1",
@@ -93,7 +97,8 @@ def test_deployment_mounts_a_pvc_instead_of_fetching(make_spec):
 def test_server_env_follows_the_contract(make_spec):
     spec = make_spec(
         runtime={"executionProviders": ["TensorRT", "CUDA", "CPU"], "intraOpThreads": 2, "instances": 3,
-                 "drainGraceSeconds": 20, "maxConnectionAgeSeconds": 60},
+                 "drainGraceSeconds": 20, "maxConnectionAgeSeconds": 60, "workers": 4,
+                 "maxMessageBytes": 1048576, "accessLogSampleRate": 0.25},
         batching={"maxBatchSize": 16, "maxQueueDelayMicroseconds": 500, "preferredBatchSizes": [8, 16],
                   "maxQueueSize": 99},
         tls={"mode": "Mutual", "clients": [{"name": "a"}], "allowedClients": ["a", "b"]},
@@ -111,6 +116,9 @@ def test_server_env_follows_the_contract(make_spec):
         "KUBEINFER_PROVIDERS": "tensorrt,cuda,cpu",
         "KUBEINFER_GRACE_SECONDS": "20",
         "KUBEINFER_SHUTDOWN_DELAY_SECONDS": "5",
+        "KUBEINFER_WORKERS": "4",
+        "KUBEINFER_MAX_MESSAGE_BYTES": "1048576",
+        "KUBEINFER_ACCESS_LOG_SAMPLE_RATE": "0.25",
         "KUBEINFER_PREFERRED_BATCH_SIZES": "8,16",
         "KUBEINFER_INTRA_OP_THREADS": "2",
         "KUBEINFER_MAX_CONNECTION_AGE_SECONDS": "60",
@@ -122,6 +130,51 @@ def test_server_env_follows_the_contract(make_spec):
     pod = build_deployment(spec, OWNER)["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 40
     assert {"name": "tls", "secret": {"secretName": "fraud-tls", "defaultMode": 0o440}} in pod["volumes"]
+
+
+PLATFORM = {
+    "imagePullSecrets": [{"name": "regcred"}],
+    "serviceAccountName": "model-reader",
+    "env": [{"name": "AWS_ENDPOINT_URL", "value": "http://store:8333"},
+            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "store", "key": "secret"}}}],
+    "podLabels": {"team": "risk"},
+    "podAnnotations": {"example.com/owner": "risk", "prometheus.io/port": "9999"},
+    "priorityClassName": "inference",
+    "runtimeClassName": "nvidia",
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                   "whenUnsatisfiable": "ScheduleAnyway"}],
+}
+
+
+def test_platform_pod_settings(make_spec):
+    template = build_deployment(make_spec(**PLATFORM), OWNER)["spec"]["template"]
+    pod = template["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["serviceAccountName"] == "model-reader" and pod["automountServiceAccountToken"] is False
+    assert (pod["priorityClassName"], pod["runtimeClassName"]) == ("inference", "nvidia")
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["labelSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kubeinfer-server",
+                                                       "app.kubernetes.io/instance": "fraud"}}
+    assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+    assert template["metadata"]["labels"]["team"] == "risk"
+    assert template["metadata"]["annotations"]["example.com/owner"] == "risk"
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "8002", "the scrape port is the operator's"
+    # the store's credentials reach the fetch container too, after the operator's variables in the server's
+    fetch, server = pod["initContainers"][0], pod["containers"][0]
+    assert fetch["env"] == PLATFORM["env"]
+    assert server["env"][-2:] == PLATFORM["env"]
+    assert not any(k.startswith("imagePull") for k in build_deployment(make_spec(), OWNER)["spec"]["template"]["spec"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"env": [{"name": "KUBEINFER_MAX_BATCH_SIZE", "value": "1"}]}, "env KUBEINFER_MAX_BATCH_SIZE"),
+    ({"podLabels": {"app.kubernetes.io/instance": "other"}}, "podLabels must not set app.kubernetes.io/instance"),
+    ({"runtime": {"accessLogSampleRate": 2}}, "runtime.accessLogSampleRate must be a number from 0 to 1"),
+    ({"runtime": {"workers": 0}}, "workers must be an integer from 1 to 64"),
+])
+def test_platform_settings_that_cannot_work_are_refused(make_spec, extra, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        make_spec(**extra)
 
 
 def test_server_tls_mode_has_no_client_ca(make_spec):

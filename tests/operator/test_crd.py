@@ -74,6 +74,7 @@ def test_every_spec_field_is_documented_and_bounded():
         kind = schema.get("type") or ("int-or-string" if schema.get("x-kubernetes-int-or-string") else None)
         bounded = {
             "integer": "minimum" in schema and "maximum" in schema,
+            "number": "minimum" in schema and "maximum" in schema,
             "string": "maxLength" in schema or "enum" in schema,
             "int-or-string": "maxLength" in schema and "pattern" in schema,
             "array": "maxItems" in schema,

@@ -80,10 +80,36 @@ def _pod_template(spec: InferenceSpec) -> dict[str, Any]:
         pod["tolerations"] = tolerations
     if spec.affinity:
         pod["affinity"] = dict(spec.affinity)
+    pod.update(_platform_fields(spec))
     return {
-        "metadata": {"labels": naming.labels(spec.name), "annotations": dict(PROMETHEUS_ANNOTATIONS)},
+        "metadata": {"labels": {**spec.pod.labels, **naming.labels(spec.name)},
+                     "annotations": {**spec.pod.annotations, **PROMETHEUS_ANNOTATIONS}},
         "spec": pod,
     }
+
+
+def _platform_fields(spec: InferenceSpec) -> dict[str, Any]:
+    """The pod fields a platform sets (spec.imagePullSecrets, serviceAccountName, ...), those given."""
+    settings = spec.pod
+    fields: dict[str, Any] = {}
+    if settings.image_pull_secrets:
+        fields["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
+    if settings.service_account_name:
+        fields["serviceAccountName"] = settings.service_account_name
+    if settings.priority_class_name:
+        fields["priorityClassName"] = settings.priority_class_name
+    if settings.runtime_class_name:
+        fields["runtimeClassName"] = settings.runtime_class_name
+    if settings.topology_spread_constraints:
+        selector = {"matchLabels": naming.selector_labels(spec.name)}
+        fields["topologySpreadConstraints"] = [{"labelSelector": selector, **c}
+                                               for c in settings.topology_spread_constraints]
+    return fields
+
+
+def _user_env(spec: InferenceSpec) -> dict[str, Any]:
+    """spec.env for the fetch container (a store's credentials, say): the key only when there are some."""
+    return {"env": [dict(e) for e in spec.pod.env]} if spec.pod.env else {}
 
 
 def _grace_period_seconds(spec: InferenceSpec) -> int:
@@ -113,6 +139,7 @@ def _fetch_container(spec: InferenceSpec) -> dict[str, Any]:
         # termination message that the ModelFetchFailed condition quotes.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        **_user_env(spec),
         "securityContext": _container_security(),
         "volumeMounts": [
             {"name": "model", "mountPath": f"{MODELS_DIR}/{spec.model.name}"},
@@ -130,7 +157,7 @@ def _server_container(spec: InferenceSpec) -> dict[str, Any]:
         "image": spec.runtime.image,
         "command": ["kubeinfer-server"],
         "args": ["serve"],
-        "env": [{"name": k, "value": v} for k, v in server_env(spec)],
+        "env": [{"name": k, "value": v} for k, v in server_env(spec)] + [dict(e) for e in spec.pod.env],
         "ports": [
             {"name": "grpc", "containerPort": naming.GRPC_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": naming.HTTP_PORT, "protocol": "TCP"},
@@ -183,6 +210,9 @@ def server_env(spec: InferenceSpec) -> list[tuple[str, str]]:
         ("KUBEINFER_PROVIDERS", ",".join(p.lower() for p in spec.runtime.execution_providers)),
         ("KUBEINFER_GRACE_SECONDS", str(spec.runtime.drain_grace_seconds)),
         ("KUBEINFER_SHUTDOWN_DELAY_SECONDS", str(SHUTDOWN_DELAY_SECONDS)),
+        ("KUBEINFER_WORKERS", str(spec.runtime.workers)),
+        ("KUBEINFER_MAX_MESSAGE_BYTES", str(spec.runtime.max_message_bytes)),
+        ("KUBEINFER_ACCESS_LOG_SAMPLE_RATE", repr(spec.runtime.access_log_sample_rate)),
     ]
     if batching.preferred_batch_sizes:
         env.append(("KUBEINFER_PREFERRED_BATCH_SIZES", ",".join(map(str, batching.preferred_batch_sizes))))
@@ -190,6 +220,7 @@ def server_env(spec: InferenceSpec) -> list[tuple[str, str]]:
         env.append(("KUBEINFER_INTRA_OP_THREADS", str(spec.runtime.intra_op_threads)))
     if spec.runtime.max_connection_age_seconds:
         env.append(("KUBEINFER_MAX_CONNECTION_AGE_SECONDS", str(spec.runtime.max_connection_age_seconds)))
+
     if spec.tls.enabled:
         env += [("KUBEINFER_TLS_CERT", f"{TLS_DIR}/tls.crt"), ("KUBEINFER_TLS_KEY", f"{TLS_DIR}/tls.key")]
     if spec.tls.mutual:
