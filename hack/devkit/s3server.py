@@ -59,11 +59,13 @@ class S3ServerError(RuntimeError):
 class S3Server:
     """One ``weed server`` with an S3 gateway; ``start()`` returns once it serves reads and writes."""
 
-    def __init__(self, weed: Path | None = None) -> None:
+    def __init__(self, weed: Path | None = None, host: str = HOST) -> None:
+        """``host``: the address it listens on (loopback; the real node's bridge address for pods)."""
         self.weed = weed or weed_binary()
+        self.host = host
         self.access_key = "KI" + secrets.token_hex(9).upper()  # 20 characters, as AWS's are
         self.secret_key = secrets.token_urlsafe(30)
-        ports = _distinct_free_ports(2 * len(PARTS))
+        ports = _distinct_free_ports(2 * len(PARTS), host)
         self.ports = {part: (ports[2 * i], ports[2 * i + 1]) for i, part in enumerate(PARTS)}
         self.workdir: Path | None = None
         self.proc: subprocess.Popen | None = None
@@ -71,7 +73,7 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.ports['s3'][0]}"
+        return f"http://{self.host}:{self.ports['s3'][0]}"
 
     @property
     def log_path(self) -> Path:
@@ -105,7 +107,7 @@ class S3Server:
         return [
             # glog's files would go to /tmp: its output goes to weed.log through stderr only.
             str(self.weed), "-logtostderr", "server",
-            f"-ip={HOST}", f"-ip.bind={HOST}", f"-dir={self.workdir / 'data'}",
+            f"-ip={self.host}", f"-ip.bind={self.host}", f"-dir={self.workdir / 'data'}",
             port["master"], grpc["master"], "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
             # The volume server waits -volume.preStopSeconds (10) on SIGTERM before it stops.
             port["volume"], grpc["volume"], "-volume.preStopSeconds=0",
@@ -202,10 +204,10 @@ class S3Server:
         self.stop()
 
 
-def _distinct_free_ports(count: int) -> list[int]:
+def _distinct_free_ports(count: int, host: str) -> list[int]:
     ports: list[int] = []
     while len(ports) < count:
-        port = free_port(HOST)
+        port = free_port(host)
         if port not in ports:
             ports.append(port)
     return ports

@@ -53,6 +53,7 @@ class Model:
     uri: str
     sha256: str | None
     pvc: tuple[str, str] | None  # (claim, path) of a pvc:// uri, parsed once
+    credentials_secret: str | None = None  # model.credentials.secretRef.name
 
     @property
     def pvc_claim(self) -> str | None:
@@ -194,10 +195,13 @@ def _model(default_name: str, raw: Mapping[str, Any]) -> Model:
     uri = raw.get("uri")
     if not isinstance(uri, str) or "://" not in uri:
         raise SpecError("model.uri must be a URI such as s3://bucket/model.onnx or pvc://CLAIM/path")
+    secret = _obj(_obj(raw, "credentials"), "secretRef").get("name")
     model = Model(name=str(raw.get("name") or default_name), uri=uri, sha256=raw.get("sha256"),
-                  pvc=parse_pvc_uri(uri))
+                  pvc=parse_pvc_uri(uri), credentials_secret=str(secret) if secret else None)
     if model.pvc is not None and model.sha256:
         raise SpecError("model.sha256 must not be set for a pvc:// uri")
+    if model.pvc is not None and model.credentials_secret:
+        raise SpecError("model.credentials must not be set for a pvc:// uri (nothing is fetched)")
     return model
 
 

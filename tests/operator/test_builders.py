@@ -146,6 +146,15 @@ PLATFORM = {
 }
 
 
+def test_store_credentials_reach_the_fetch_step_only(make_spec):
+    spec = make_spec(model={"uri": "s3://models/fraud.onnx", "credentials": {"secretRef": {"name": "store"}}})
+    pod = build_deployment(spec, OWNER)["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["envFrom"] == [{"secretRef": {"name": "store"}}]
+    assert "envFrom" not in pod["containers"][0], "the server never needs the store's keys"
+    with pytest.raises(SpecError, match="model.credentials must not be set for a pvc:// uri"):
+        make_spec(model={"uri": "pvc://claim/m.onnx", "credentials": {"secretRef": {"name": "store"}}})
+
+
 def test_platform_pod_settings(make_spec):
     template = build_deployment(make_spec(**PLATFORM), OWNER)["spec"]["template"]
     pod = template["spec"]

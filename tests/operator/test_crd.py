@@ -91,7 +91,7 @@ def test_contract_field_names_exist():
     props = _spec_schema()["properties"]
     assert set(props) >= {"model", "runtime", "batching", "resources", "gpu", "nodeSelector", "tolerations",
                           "affinity", "replicas", "autoscaling", "tls"}
-    assert set(props["model"]["properties"]) == {"name", "uri", "sha256"}
+    assert set(props["model"]["properties"]) == {"name", "uri", "sha256", "credentials"}
     assert set(props["runtime"]["properties"]) >= {"image", "executionProviders", "intraOpThreads", "instances"}
     assert set(props["batching"]["properties"]) == {"maxBatchSize", "maxQueueDelayMicroseconds",
                                                     "preferredBatchSizes", "maxQueueSize"}

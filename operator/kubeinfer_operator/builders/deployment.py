@@ -107,6 +107,12 @@ def _platform_fields(spec: InferenceSpec) -> dict[str, Any]:
     return fields
 
 
+def _store_credentials(spec: InferenceSpec) -> dict[str, Any]:
+    """model.credentials.secretRef: the Secret's keys (AWS_ACCESS_KEY_ID, ...) as the fetch step's environment."""
+    secret = spec.model.credentials_secret
+    return {"envFrom": [{"secretRef": {"name": secret}}]} if secret else {}
+
+
 def _user_env(spec: InferenceSpec) -> dict[str, Any]:
     """spec.env for the fetch container (a store's credentials, say): the key only when there are some."""
     return {"env": [dict(e) for e in spec.pod.env]} if spec.pod.env else {}
@@ -140,6 +146,7 @@ def _fetch_container(spec: InferenceSpec) -> dict[str, Any]:
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         **_user_env(spec),
+        **_store_credentials(spec),
         "securityContext": _container_security(),
         "volumeMounts": [
             {"name": "model", "mountPath": f"{MODELS_DIR}/{spec.model.name}"},
