@@ -25,6 +25,10 @@ UNSCHEDULABLE = "Unschedulable"
 MODEL_FETCH_FAILED = "ModelFetchFailed"
 IMAGE_PULL_FAILED = "ImagePullFailed"
 SERVER_CRASH_LOOP = "ServerCrashLoop"
+INVALID_MODEL = "InvalidModel"
+LOADING_MODEL = "LoadingModel"
+# How kubeinfer-server says that a model file does not load (docs/server-contract.md).
+INVALID_MODEL_MARKER = "is not a loadable ONNX model"
 SERVER_RESTARTED = "ServerRestarted"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 SCALED_TO_ZERO = "ScaledToZero"
@@ -95,11 +99,11 @@ def pod_problem(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]]) -> Probl
     for pod in pods:
         if _get(pod, "metadata", "deletionTimestamp"):
             continue
-        for problem in (_fetch_problem(spec, pod), _server_problem(pod), _scheduling_problem(spec, pod)):
+        for problem in (_fetch_problem(spec, pod), _server_problem(spec, pod), _scheduling_problem(spec, pod)):
             if problem is not None:
                 found.setdefault(problem.reason, problem)
-    for reason in (MODEL_FETCH_FAILED, IMAGE_PULL_FAILED, SERVER_CRASH_LOOP, SERVER_RESTARTED, WAITING_FOR_GPU,
-                   UNSCHEDULABLE):
+    for reason in (MODEL_FETCH_FAILED, INVALID_MODEL, IMAGE_PULL_FAILED, SERVER_CRASH_LOOP, SERVER_RESTARTED,
+                   WAITING_FOR_GPU, UNSCHEDULABLE):
         if reason in found:
             return found[reason]
     return None
@@ -121,8 +125,11 @@ def _fetch_problem(spec: InferenceSpec, pod: Mapping[str, Any]) -> Problem | Non
     return None
 
 
-def _server_problem(pod: Mapping[str, Any]) -> Problem | None:
+def _server_problem(spec: InferenceSpec, pod: Mapping[str, Any]) -> Problem | None:
     for status in _get(pod, "status", "containerStatuses", default=[]) or []:
+        invalid = _invalid_model(spec, status)
+        if invalid:
+            return invalid
         waiting = _get(status, "state", "waiting", "reason")
         if waiting in IMAGE_PULL_REASONS:
             return Problem(IMAGE_PULL_FAILED, f"Cannot pull image {status.get('image')}: {waiting}")
@@ -137,6 +144,35 @@ def _server_problem(pod: Mapping[str, Any]) -> Problem | None:
                                              f"({_exit(_get(status, 'lastState', 'terminated'))}); "
                                              f"{status.get('restartCount', 0)} restarts so far")
     return None
+
+
+def _invalid_model(spec: InferenceSpec, status: Mapping[str, Any]) -> Problem | None:
+    """The server exited because the model file does not load: said on its first exit, not after back-off."""
+    for state in ("state", "lastState"):
+        terminated = _get(status, state, "terminated") or {}
+        lines = [line for line in (terminated.get("message") or "").splitlines() if INVALID_MODEL_MARKER in line]
+        if lines:
+            detail = lines[-1].split(INVALID_MODEL_MARKER, 1)[1].lstrip(": ").strip()
+            return Problem(INVALID_MODEL, f"The model {spec.model.uri} is not a valid ONNX model: {detail}")
+    return None
+
+
+def loading(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """What a pod that does not serve yet is busy with: fetching the model, or loading it; else None."""
+    for pod in pods:
+        if _get(pod, "metadata", "deletionTimestamp"):
+            continue
+        for status in _get(pod, "status", "initContainerStatuses", default=[]) or []:
+            if status.get("name") == "fetch" and _running(status):
+                return f"Fetching the model from {spec.model.uri}"
+        for status in _get(pod, "status", "containerStatuses", default=[]) or []:
+            if _running(status) and not status.get("ready"):
+                return f"Loading and warming up the model {spec.model.name}"
+    return None
+
+
+def _running(status: Mapping[str, Any]) -> bool:
+    return "running" in (status.get("state") or {})  # the kubelet may report running: {} (no startedAt yet)
 
 
 def _exit(terminated: Mapping[str, Any]) -> str:
@@ -244,20 +280,23 @@ def desired_conditions(spec: InferenceSpec, observed: Observed) -> list[Conditio
     """Ready, Progressing and Degraded, from the Deployment and its pods."""
     rollout = _Rollout.of(spec, observed.deployment)
     problem = pod_problem(spec, observed.pods) or _deployment_problem(observed.deployment)
-    return [_ready(spec, rollout, problem), _progressing(spec, rollout), _degraded(problem)]
+    busy = loading(spec, observed.pods)
+    return [_ready(spec, rollout, problem, busy), _progressing(spec, rollout), _degraded(problem)]
 
 
 def _serving(spec: InferenceSpec, rollout: _Rollout) -> str:
     return f"{rollout.available}/{rollout.desired} replicas serving {spec.model.name}"
 
 
-def _ready(spec: InferenceSpec, rollout: _Rollout, problem: Problem | None) -> Condition:
+def _ready(spec: InferenceSpec, rollout: _Rollout, problem: Problem | None, busy: str | None = None) -> Condition:
     if rollout.desired == 0:
         return Condition("Ready", "False", SCALED_TO_ZERO, "0 replicas requested")
     if rollout.available >= rollout.desired and rollout.exists:
         return Condition("Ready", "True", AVAILABLE, _serving(spec, rollout))
     if problem is not None:
         return Condition("Ready", "False", problem.reason, problem.message)
+    if busy is not None:
+        return Condition("Ready", "False", LOADING_MODEL, f"{busy}; {rollout.ready}/{rollout.desired} replicas ready")
     return Condition("Ready", "False", ROLLOUT_IN_PROGRESS, f"{rollout.ready}/{rollout.desired} replicas ready")
 
 

@@ -91,8 +91,11 @@ class Model:
             log.warning(
                 "Model %s asked for %s but runs on %s: falling back", name, requested[0], self.providers[0]
             )
-        self.inputs = tuple(self._spec(i) for i in self.sessions[0].get_inputs())
-        self.outputs = tuple(self._spec(o) for o in self.sessions[0].get_outputs())
+        try:
+            self.inputs = tuple(self._spec(i) for i in self.sessions[0].get_inputs())
+            self.outputs = tuple(self._spec(o) for o in self.sessions[0].get_outputs())
+        except ModelLoadError as exc:  # the phrase is the operator's InvalidModel marker
+            raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from None
         self.batchable = all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
         log.info(
             "Loaded model %s from %s: providers %s, %d instance(s), %d intra-op threads, batchable=%s",

@@ -1,8 +1,9 @@
 """End to end: what the real kubelet reports about a server that cannot run becomes the status.
 
   * an image that was never imported (there is no registry): ImagePullFailed;
-  * a model file that is not ONNX: the server exits at start, the kubelet backs off,
-    ServerCrashLoop with the server's last error line;
+  * a model file that is not ONNX, and one cut short: the server exits at start, and
+    the status says InvalidModel with ONNX Runtime's words on the first exit, before
+    the kubelet's crash-loop back-off;
   * an image without the ``kubeinfer-server`` command (the pause image): the runtime
     cannot start the container, ServerCrashLoop with the runtime's message;
   * a server container killed with SIGKILL: the kubelet restarts it, the
@@ -39,13 +40,22 @@ def test_an_image_that_cannot_be_pulled_is_image_pull_failed(cluster, stack, ins
     assert condition(cluster, ns, "noimage", "Degraded")["reason"] == "ImagePullFailed"
 
 
-def test_a_server_that_exits_at_start_is_server_crash_loop(cluster, stack, installed):
+def test_a_model_that_does_not_load_is_invalid_model_on_the_first_exit(cluster, stack, installed):
     ns = installed.apps
     (stack.store_dir / "broken.onnx").write_bytes(b"this is not an ONNX model")
-    apply(cluster, infd("broken", ns, stack.store.url("broken.onnx"), replicas=1))
-    cond = cluster.wait_for("Ready=False ServerCrashLoop", reason_is(cluster, ns, "broken", "ServerCrashLoop"),
-                            timeout=120)
-    assert "exit code" in cond["message"], cond
+    whole = (stack.store_dir / "mlp.onnx").read_bytes()
+    (stack.store_dir / "truncated.onnx").write_bytes(whole[: len(whole) // 2])
+    for name in ("broken", "truncated"):
+        apply(cluster, infd(name, ns, stack.store.url(f"{name}.onnx"), replicas=1))
+    for name in ("broken", "truncated"):
+        cond = cluster.wait_for(f"{name}: Ready=False InvalidModel", reason_is(cluster, ns, name, "InvalidModel"),
+                                timeout=120)
+        assert f"{name}.onnx is not a valid ONNX model: " in cond["message"], cond
+        assert "ONNXRuntimeError" in cond["message"] or "Protobuf" in cond["message"], cond
+        pods = get_json(cluster, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={name}")["items"]
+        (server,) = pods[0]["status"]["containerStatuses"]
+        assert server["restartCount"] <= 2, "said only after the back-off"
+        assert condition(cluster, ns, name, "Degraded")["reason"] == "InvalidModel"
 
 
 def test_an_image_without_the_command_is_server_crash_loop(cluster, stack, installed):

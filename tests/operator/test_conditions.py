@@ -4,8 +4,10 @@ Covers: Ready/Available when every desired replica is available; rollout in
 progress (Progressing=True, RolloutInProgress) until the Deployment controller
 caught up and old pods are gone; WaitingForGPU naming the missing product and
 resource from the scheduler's message; Unschedulable without a GPU;
-ModelFetchFailed quoting the fetch's termination message; image pull and crash
-loop problems; ProgressDeadlineExceeded; ScaledToZero; InvalidSpec; ClientCANotFound;
+ModelFetchFailed quoting the fetch's termination message; InvalidModel on the
+server's first exit with the model loader's words; LoadingModel while the fetch
+runs or the server warms up; image pull and crash loop problems;
+ProgressDeadlineExceeded; ScaledToZero; InvalidSpec; ClientCANotFound;
 a status without a spec must name what blocks it; lastTransitionTime kept while
 a status holds; status fields (endpoint, selector, readiness text, autoscaling
 text, certificate expiry).
@@ -145,6 +147,41 @@ def test_image_pull_and_crash_loop(make_spec):
          "lastState": {"terminated": {"exitCode": 3, "message": "model is not ONNX"}}}]}}
     problem = pod_problem(make_spec(), [crash])
     assert problem.reason == "ServerCrashLoop" and "model is not ONNX" in problem.message
+
+
+INVALID = ("2026-12-02 01:00:00,000 INFO kubeinfer_server: Event loop: uvloop\n"
+           "2026-12-02 01:00:01,000 ERROR kubeinfer_server: Could not start: /models/fraud/model.onnx is not a "
+           "loadable ONNX model: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model failed:Protobuf parsing "
+           "failed.")
+
+
+@pytest.mark.parametrize("state", ["state", "lastState"])
+def test_invalid_model_on_the_first_exit(make_spec, state):
+    server = {"name": "server", "ready": False, "restartCount": 1, "state": {"waiting": {"reason": "Error"}},
+              state: {"terminated": {"exitCode": 1, "reason": "Error", "message": INVALID}}}
+    problem = pod_problem(make_spec(), [{"metadata": {"name": "a"}, "status": {"containerStatuses": [server]}}])
+    assert problem.reason == "InvalidModel"
+    assert problem.message == ("The model s3://models/fraud/3/model.onnx is not a valid ONNX model: [ONNXRuntimeError]"
+                               " : 7 : INVALID_PROTOBUF : Load model failed:Protobuf parsing failed.")
+    crash = {**server, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+             "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": INVALID}}}
+    assert pod_problem(make_spec(), [{"metadata": {"name": "a"}, "status": {"containerStatuses": [crash]}}]).reason \
+        == "InvalidModel", "the model's fault outranks the crash loop it causes"
+
+
+def test_loading_model_while_fetching_then_warming_up(make_spec):
+    observed = _deployment(ready=0, available=0)
+    fetching = {"metadata": {"name": "a"}, "status": {"initContainerStatuses": [
+        {"name": "fetch", "state": {"running": {}}}], "containerStatuses": [
+        {"name": "server", "ready": False, "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    ready = _by_type(_status(make_spec(replicas=2), Observed(observed, [fetching])))["Ready"]
+    assert ready == ("False", "LoadingModel", "Fetching the model from s3://models/fraud/3/model.onnx; "
+                                              "0/2 replicas ready")
+    warming = {"metadata": {"name": "a"}, "status": {"initContainerStatuses": [
+        {"name": "fetch", "state": {"terminated": {"exitCode": 0}}}], "containerStatuses": [
+        {"name": "server", "ready": False, "state": {"running": {}}}]}}
+    ready = _by_type(_status(make_spec(replicas=2), Observed(observed, [warming])))["Ready"]
+    assert ready[:2] == ("False", "LoadingModel") and "Loading and warming up the model fraud" in ready[2]
 
 
 def test_a_container_the_runtime_cannot_start_is_server_crash_loop_not_a_fetch_failure(make_spec):
