@@ -11,5 +11,6 @@ imports nothing itself, so the light modules stay light.
 - ``x509``: every development certificate, issued through ``kubeinfer_operator.certs``.
 - ``secretvolume``: the kubelet's atomic-writer layout of Secret and ConfigMap volumes.
 - ``models``: the sample and test ONNX models (``python -m devkit.models OUTDIR``).
+- ``classifier``: an MLP classifier trained with numpy, and its Parquet datasets (optimize's tests).
 - ``s3server``: a real S3-compatible store on loopback (SeaweedFS, from ``make s3-build``).
 """

@@ -96,6 +96,44 @@ def _batch_parser(sub, env: Mapping[str, str]) -> None:
     p.add_argument("--log-level", default=env.get("KUBEINFER_LOG_LEVEL", "INFO"))
 
 
+def _optimize_parser(sub, env: Mapping[str, str]) -> None:
+    from kubeinfer_server.optimize_methods import CALIBRATION_METHODS, METHOD_CHOICES
+    from kubeinfer_server.optimize_report import METRICS
+
+    p = sub.add_parser("optimize", help="quantize, float16 or prune a model; keep it only if measured accurate "
+                                         "and fast enough (exit 0 kept, 3 rejected)")
+    p.set_defaults(command_parser=p)
+    p.add_argument("model_in", metavar="MODEL_IN", help="the ONNX model to optimize (a local file)")
+    p.add_argument("model_out", metavar="MODEL_OUT", help="where the optimized model goes, only when it is kept")
+    p.add_argument("--method", required=True, choices=METHOD_CHOICES,
+                   help="auto: each method that fits the providers; the fastest that passes is kept")
+    p.add_argument("--calibration", metavar="URI", help="rows for static quantization's ranges (as batch --input)")
+    p.add_argument("--validation", metavar="URI", help="rows to compare the two models on (as batch --input)")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, help="of --calibration and --validation; default: "
+                                                                 "from the file names")
+    p.add_argument("--input-columns", action="append", default=[], metavar="TENSOR=COL[,COL...]",
+                   help="stack scalar columns into one [-1, N] model input (repeatable)")
+    p.add_argument("--label-column", metavar="COL", help="the true class of each validation row: top-1 accuracy")
+    p.add_argument("--metric", choices=METRICS, help="default: top1 with --label-column, else agreement")
+    p.add_argument("--max-degradation", type=float, default=0.01, metavar="X",
+                   help="how much worse the metric may get, in its units (default 0.01)")
+    p.add_argument("--min-speedup", type=float, default=1.0, metavar="X",
+                   help="candidate over original throughput at --batch-size (default 1.0)")
+    p.add_argument("--prune-sparsity", type=float, default=0.5, metavar="S", help="share of weights zeroed")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="rows per run for the throughput")
+    p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax")
+    p.add_argument("--calibration-samples", type=int, default=256, metavar="N", help="calibration rows used")
+    p.add_argument("--measure-seconds", type=float, default=4.0, metavar="S",
+                   help="time spent timing the models, all of them together")
+    p.add_argument("--providers", type=_converter(SERVE_FLAGS_BY_NAME["providers"]), default=("cpu",))
+    p.add_argument("--intra-op-threads", type=int, default=0, metavar="N", help="0: the CPU limit")
+    p.add_argument("--report", metavar="PATH", help="write the report (JSON) here too")
+    p.add_argument("--accept-unvalidated", action="store_true",
+                   help="keep a candidate whose accuracy was not measured (no --validation)")
+    p.add_argument("--allow-cpu-float16", action="store_true", help="run float16 on CPU providers anyway")
+    p.add_argument("--log-level", default=env.get("KUBEINFER_LOG_LEVEL", "INFO"))
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """The ``kubeinfer-server`` parser, with defaults from ``env`` (``KUBEINFER_*``)."""
     parser = argparse.ArgumentParser(prog="kubeinfer-server", description=__doc__)
@@ -103,6 +141,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     _serve_parser(sub, env)
     _fetch_parser(sub, env)
     _batch_parser(sub, env)
+    _optimize_parser(sub, env)
     return parser
 
 
@@ -122,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fetch(command_parser, args)
     if args.command == "batch":
         return _batch(command_parser, args, os.environ)
+    if args.command == "optimize":
+        return _optimize(command_parser, args)
     try:
         settings = serve_settings(args)
         loop_name, run_on_loop = eventloop.runner(settings.event_loop)
@@ -177,6 +218,39 @@ def _batch(parser, args, env: Mapping[str, str]) -> int:
     finally:
         write_termination_message(summary, error)
     return 1
+
+
+def _optimize(parser, args) -> int:
+    import json
+
+    from kubeinfer_server.optimize import OptimizeFailed, OptimizeSettings, OptimizeUsageError, run
+    from kubeinfer_server.optimize_report import table
+
+    try:
+        columns = _input_columns(args.input_columns)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        settings = OptimizeSettings(
+            model_in=args.model_in, model_out=args.model_out, method=args.method, calibration=args.calibration,
+            validation=args.validation, input_format=args.input_format,
+            input_columns=columns, label_column=args.label_column, metric=args.metric,
+            max_degradation=args.max_degradation, min_speedup=args.min_speedup, prune_sparsity=args.prune_sparsity,
+            batch_size=args.batch_size, calibration_method=args.calibration_method,
+            calibration_samples=args.calibration_samples, providers=args.providers,
+            intra_op_threads=args.intra_op_threads, measure_seconds=args.measure_seconds, report=args.report,
+            accept_unvalidated=args.accept_unvalidated, allow_cpu_float16=args.allow_cpu_float16)
+        result = run(settings)
+        if args.report:
+            with open(args.report, "w") as handle:
+                json.dump(result, handle, indent=2)
+    except OptimizeUsageError as exc:
+        parser.error(str(exc))
+    except (OptimizeFailed, OSError) as exc:
+        log.error("Optimize failed: %s", exc)
+        return 1
+    sys.stdout.write(table(result))
+    return 0 if result["written"] else 3
 
 
 def _input_columns(values: list[str]) -> dict[str, tuple[str, ...]]:
