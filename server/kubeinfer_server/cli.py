@@ -52,7 +52,7 @@ def _env_default(parser: argparse.ArgumentParser, flag: Flag, env: Mapping[str, 
 
 
 def _serve_parser(sub, env: Mapping[str, str]) -> None:
-    p = sub.add_parser("serve", help="serve ONNX models over the Open Inference Protocol (gRPC)")
+    p = sub.add_parser("serve", help="serve ONNX models over the Open Inference Protocol (gRPC and REST)")
     p.set_defaults(command_parser=p)
     for flag in SERVE_FLAGS:
         default = _env_default(p, flag, env)
