@@ -169,10 +169,14 @@ def presented_cert(address: str, server_name: str, certs: Path) -> bytes:
             return tls.getpeercert(binary_form=True)
 
 
+def query(prometheus: str, promql: str, timeout: float = 5) -> list[dict]:
+    """An instant PromQL query's result vector."""
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with DIRECT.open(url, timeout=timeout) as response:
+        return json.load(response)["data"]["result"]
+
+
 def served_by(prometheus: str, namespace: str, timeout: float = 5) -> dict[str, float]:
     """Requests answered per pod, as Prometheus scraped them."""
-    query = f'sum by (pod) (kubeinfer_requests_total{{namespace="{namespace}",code="OK"}})'
-    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    with DIRECT.open(url, timeout=timeout) as response:
-        result = json.load(response)["data"]["result"]
+    result = query(prometheus, f'sum by (pod) (kubeinfer_requests_total{{namespace="{namespace}",code="OK"}})', timeout)
     return {r["metric"]["pod"]: float(r["value"][1]) for r in result}

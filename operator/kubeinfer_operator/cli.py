@@ -10,6 +10,7 @@ import sys
 import kopf
 
 from kubeinfer_operator import handlers, kube, settings
+from kubeinfer_operator.opmetrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 PREFIX = "kubeinfer.io"
@@ -60,8 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         # kopf logs every event handler's success; our own log says what changed.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, handlers.Reconciler(kube.connect(), config))
-    log.info("Started kubeinfer-operator in %s", ", ".join(config.namespaces) or "all namespaces")
+    metrics = OperatorMetrics()
+    try:
+        metrics.serve(config.metrics_port)
+    except OSError as exc:
+        sys.exit(f"kubeinfer-operator: cannot serve metrics on port {config.metrics_port}: {exc}")
+    handlers.register(registry, handlers.Reconciler(kube.connect(), config, metrics))
+    log.info("Started kubeinfer-operator in %s; metrics on port %s", ", ".join(config.namespaces) or "all namespaces",
+             config.metrics_port or "none")
     kopf.run(
         registry=registry,
         settings=operator_settings(),

@@ -10,6 +10,8 @@
   events for one parent coalesce into one pending reconcile.
 
 One lock per InferenceDeployment keeps reconciles of the same object serial.
+Each reconcile is counted and timed in the operator's own metrics
+(``opmetrics``); a deleted InferenceDeployment's series are dropped.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import asyncio
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from kubeinfer_operator import kinds, naming
+from kubeinfer_operator import kinds, naming, opmetrics
 from kubeinfer_operator.kube import ApiError, Kube
+from kubeinfer_operator.opmetrics import OperatorMetrics
 from kubeinfer_operator.reconcile import InvalidSpec, MissingDependency, reconcile
 from kubeinfer_operator.settings import Settings
 
@@ -40,9 +44,10 @@ WATCHED_CHILDREN = tuple((k.group, k.version, k.plural) for k in (*kinds.CHILDRE
 class Reconciler:
     """Runs ``reconcile`` for one parent at a time, with kopf's events and errors."""
 
-    def __init__(self, kube: Kube, settings: Settings) -> None:
+    def __init__(self, kube: Kube, settings: Settings, metrics: OperatorMetrics | None = None) -> None:
         self.kube = kube
         self.settings = settings
+        self.metrics = metrics or OperatorMetrics()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._pending: set[tuple[str, str]] = set()
@@ -59,8 +64,20 @@ class Reconciler:
             kopf.event(parent, type=kind, reason=reason, message=message)  # type: ignore[arg-type]
 
         meta = parent["metadata"]
-        with self._lock((meta["namespace"], meta["name"])):
-            reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.UTC), emit)
+        namespace, name = meta["namespace"], meta["name"]
+        with self._lock((namespace, name)):
+            started, result, expiry = time.monotonic(), opmetrics.ERROR, None
+            try:
+                expiry = reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.UTC), emit)
+                result = opmetrics.OK
+            except InvalidSpec:
+                result = opmetrics.INVALID_SPEC
+                raise
+            except MissingDependency:
+                result = opmetrics.MISSING_DEPENDENCY
+                raise
+            finally:
+                self.metrics.reconciled(namespace, name, result, time.monotonic() - started, expiry)
 
     def run_by_name(self, namespace: str, name: str) -> None:
         """Reconcile the current version of a parent, if it still exists."""
@@ -137,6 +154,11 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             raise kopf.TemporaryError(str(exc), delay=WAIT_SECONDS) from exc
         except ApiError as exc:
             raise kopf.TemporaryError(f"API server refused a request: {exc}", delay=RETRY_SECONDS) from exc
+
+    @kopf.on.event(**resource)
+    def parent_event(body: kopf.Body, namespace: str | None, name: str | None, **kwargs: Any) -> None:
+        if kwargs.get("type") == "DELETED" and namespace and name:  # no finalizer: an event, not on.delete
+            reconciler.metrics.forget(namespace, name)
 
     @kopf.on.startup(registry=registry)
     async def start_resync(memo: kopf.Memo, **_: Any) -> None:

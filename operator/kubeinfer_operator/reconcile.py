@@ -36,7 +36,9 @@ class MissingDependency(Exception):
     """Something the spec names is not there yet (a Secret); worth retrying."""
 
 
-def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt.datetime, emit: Emit) -> None:
+def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt.datetime,
+              emit: Emit) -> dt.datetime | None:
+    """Reconcile ``parent``; returns when its server certificate expires (None without TLS)."""
     meta = parent["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     live = _observe(kube, namespace, name, meta["uid"])
@@ -60,6 +62,7 @@ def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt
     _apply_all(kube, desired, live, emit)
     _prune(kube, desired, live, emit)
     _write_status(kube, parent, _status_inputs(parent, live, spec, material=material), now, emit)
+    return material.server.cert.not_valid_after_utc if material else None
 
 
 def _observe(kube: Kube, namespace: str, name: str, uid: str) -> dict[Key, dict[str, Any]]:

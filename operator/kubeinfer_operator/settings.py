@@ -22,6 +22,7 @@ class Settings:
     certificate_duration_seconds: int = 90 * DAY
     ca_duration_seconds: int = 10 * 365 * DAY
     resync_seconds: float = 60.0
+    metrics_port: int = 8081  # the operator's own /metrics; 0: off
     namespaces: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -31,6 +32,8 @@ class Settings:
             raise ValueError("CA duration must be at least three certificate durations")
         if self.resync_seconds <= 0:
             raise ValueError("resync interval must be positive")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics port must be from 0 (off) to 65535")
 
 
 ENV_PREFIX = "KUBEINFER_"
@@ -64,6 +67,7 @@ FLAGS = (
          "default lifetime of server and client certificates"),
     Flag("ca_duration_seconds", "ca-duration-seconds", int, "lifetime of each CA"),
     Flag("resync_seconds", "resync-seconds", float, "interval of the drift-repair and certificate-renewal resync"),
+    Flag("metrics_port", "metrics-port", int, "port of the operator's own Prometheus /metrics; 0: off"),
 )
 
 

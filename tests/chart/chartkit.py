@@ -97,6 +97,7 @@ class OperatorRun:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBEINFER_", "KUBERNETES_"))}
         env.update({e["name"]: e.get("value", "") for e in container.get("env", [])})
         env["KUBECONFIG"] = str(self.kubeconfig(container["serviceAccount"]))
+        env["KUBEINFER_METRICS_PORT"] = str(free_port())  # the pod's port is its own; here, one of many processes
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([str(OPERATOR), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)

@@ -39,7 +39,7 @@ NON_DEFAULT = {
               "digest": "sha256:" + "a" * 64, "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "regcred"}],
     "operator": {"verbose": True, "clusterDomain": "corp.internal", "certificateDurationSeconds": 86400,
-                 "caDurationSeconds": 31536000, "resyncSeconds": 30, "healthPort": 9090},
+                 "caDurationSeconds": 31536000, "resyncSeconds": 30, "healthPort": 9090, "metricsPort": 0},
     "server": {"image": {"repository": "registry.example.com/kubeinfer/server-gpu", "tag": "0.1.0"}},
     "serviceAccount": {"create": True, "name": "infer-operator", "annotations": {"example.com/role": "x"}},
     "rbac": {"create": True, "aggregateToDefaultRoles": False},
@@ -120,7 +120,11 @@ def test_operator_deployment_defaults(render):
         "KUBEINFER_SERVER_IMAGE": "kubeinfer/server:0.1.0",
         "KUBEINFER_CLUSTER_DOMAIN": "cluster.local", "KUBEINFER_CERTIFICATE_DURATION_SECONDS": "7776000",
         "KUBEINFER_CA_DURATION_SECONDS": "315360000", "KUBEINFER_RESYNC_SECONDS": "60",
+        "KUBEINFER_METRICS_PORT": "8081",
     }
+    assert container["ports"][1] == {"name": "metrics", "containerPort": 8081, "protocol": "TCP"}
+    assert spec["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "8081", "prometheus.io/path": "/metrics"}
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
@@ -144,7 +148,7 @@ def test_non_default_values_reach_the_pod(render):
     (container,) = pod["spec"]["containers"]
     assert container["image"] == "registry.example.com/kubeinfer/operator@sha256:" + "a" * 64
     assert container["args"] == ["--liveness=http://0.0.0.0:9090/healthz", "--verbose"]
-    assert container["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]  # metrics off
     assert pod["metadata"]["annotations"] == {"example.com/a": "b"}
     assert pod["metadata"]["labels"]["team"] == "platform"
     assert pod["spec"]["serviceAccountName"] == "infer-operator"
@@ -225,13 +229,19 @@ def test_rbac_and_service_account_can_be_turned_off(render):
 def test_pod_monitor_only_where_the_prometheus_operator_is(render):
     values = {"monitoring": {"podMonitor": {"enabled": True}}}
     assert not of_kind(render(values), "PodMonitor")
-    (monitor,) = of_kind(render(values, api_versions=("monitoring.coreos.com/v1",)), "PodMonitor")
-    spec = monitor["spec"]
+    monitors = {m["metadata"]["name"]: m for m in of_kind(render(values, api_versions=("monitoring.coreos.com/v1",)),
+                                                           "PodMonitor")}
+    assert set(monitors) == {"kubeinfer-servers", "kubeinfer-operator"}
+    operator = monitors["kubeinfer-operator"]["spec"]
+    assert operator["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert operator["selector"]["matchLabels"] == deployment(render())["spec"]["selector"]["matchLabels"]
+    spec = monitors["kubeinfer-servers"]["spec"]
     assert spec["namespaceSelector"] == {"any": True}
     assert spec["selector"]["matchLabels"] == {"app.kubernetes.io/name": naming.SERVER_APP,
                                                "app.kubernetes.io/managed-by": naming.MANAGED_BY}
     assert spec["podMetricsEndpoints"][0]["port"] == "metrics"
-    (scoped,) = of_kind(render({**NON_DEFAULT}, api_versions=("monitoring.coreos.com/v1",)), "PodMonitor")
+    (scoped,) = of_kind(render({**NON_DEFAULT}, api_versions=("monitoring.coreos.com/v1",)), "PodMonitor")  # no
+    # operator PodMonitor there: NON_DEFAULT turns the operator's metrics off
     assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     assert scoped["metadata"]["namespace"] == "monitoring" and scoped["metadata"]["labels"]["release"] == "kps"
 

@@ -9,6 +9,7 @@ Covers (issue 6, tests 1, 2 and 5):
     equal to in-process onnxruntime;
   * no client certificate, or one from another CA: refused; a client the CA signed
     but not in allowedClients: PERMISSION_DENIED;
+  * the operator's own metrics, scraped by the stack's Prometheus from the chart's annotations;
   * OIP v2 REST through the Service's ``http`` port (its ClusterIP, through
     kube-proxy): the client's certificate gets the same predictions as gRPC,
     no certificate gets 401, the health endpoint answers without one;
@@ -19,6 +20,7 @@ Covers (issue 6, tests 1, 2 and 5):
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -26,7 +28,17 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from devkit.x509 import client_cert, make_ca
-from e2ekit.clients import NODE_PLACEMENT, batch, client, get_json, infer, ready_addresses, rest_call, write_secret
+from e2ekit.clients import (
+    NODE_PLACEMENT,
+    batch,
+    client,
+    get_json,
+    infer,
+    query,
+    ready_addresses,
+    rest_call,
+    write_secret,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -102,6 +114,16 @@ def test_rest_through_the_service_port(cluster, stack, installed, served, tmp_pa
     assert rest_call(ip, port, name, certs, "GET", f"/v2/models/{served}", present_certificate=False)[0] == 401
     assert rest_call(ip, port, name, certs, "GET", "/v2/health/ready", present_certificate=False) == \
         (200, {"ready": True})
+
+
+def test_the_operators_own_metrics_are_scraped(cluster, stack, installed, served):
+    """The chart's operator pod carries the scrape annotations; the e2e stack's Prometheus finds it."""
+    promql = f'kubeinfer_operator_reconciles_total{{name="{served}",result="ok"}}'
+    found = cluster.wait_for("the operator's reconciles in Prometheus",
+                             lambda: query(stack.prometheus, promql), timeout=90)
+    assert float(found[0]["value"][1]) >= 1
+    expiry = query(stack.prometheus, f'kubeinfer_operator_certificate_expiry_timestamp_seconds{{name="{served}"}}')
+    assert expiry and float(expiry[0]["value"][1]) > time.time()
 
 
 def test_refuses_without_certificate_or_from_another_ca(cluster, installed, served, tmp_path):

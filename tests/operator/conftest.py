@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from devkit.ports import free_port
 from devkit.processes import spawn, terminate
 from kubeinfer_operator import spec as specmod
 from kubeinfer_operator.settings import Settings
@@ -61,12 +62,14 @@ class OperatorProcess:
         self.namespace = namespace
         self.log_path = log_path
         self.resync_seconds = resync_seconds
+        self.metrics_port = free_port()
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
         self.proc = spawn([str(OPERATOR), "--namespace", self.namespace, "--resync-seconds", str(self.resync_seconds),
-                           "--server-image", "example.invalid/kubeinfer-server:test"], self.log_path, env=env)
+                           "--server-image", "example.invalid/kubeinfer-server:test",
+                           "--metrics-port", str(self.metrics_port)], self.log_path, env=env)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
