@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics.serve(config.metrics_port)
     except OSError as exc:
         sys.exit(f"kubeinfer-operator: cannot serve metrics on port {config.metrics_port}: {exc}")
-    handlers.register(registry, handlers.Reconciler(kube.connect(), config, metrics))
+    api = kube.connect()
+    api.on_write = metrics.api_write
+    handlers.register(registry, handlers.Reconciler(api, config, metrics))
     log.info("Started kubeinfer-operator in %s; metrics on port %s", ", ".join(config.namespaces) or "all namespaces",
              config.metrics_port or "none")
     kopf.run(

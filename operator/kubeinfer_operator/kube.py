@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -49,6 +49,9 @@ def _path(api_version: str, kind: str, namespace: str, name: str | None = None, 
 class Kube:
     """A thin, thread-safe client for the calls the reconciler makes."""
 
+    # Told of every write the operator makes (kind, "apply" or "delete"): the operator's metrics.
+    on_write: Callable[[str, str], None] | None = None
+
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api = api_client
 
@@ -72,6 +75,10 @@ class Kube:
             raise ApiError(response.status, str(response.reason), _message(data))
         return json.loads(data) if data else {}
 
+    def _wrote(self, kind: str, verb: str) -> None:
+        if self.on_write is not None:
+            self.on_write(kind, verb)
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._request("GET", _path(api_version, kind, namespace, name))
@@ -94,6 +101,7 @@ class Kube:
         meta = obj["metadata"]
         path = _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], subresource)
         query = [("fieldManager", manager), ("force", "true")]
+        self._wrote(obj["kind"] + (f"/{subresource}" if subresource else ""), "apply")
         return self._request("PATCH", path, query, dict(obj), "application/apply-patch+yaml")
 
     def apply_status(self, parent: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,6 +119,7 @@ class Kube:
         meta = obj["metadata"]
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": meta["uid"]},
                 "propagationPolicy": "Background"}
+        self._wrote(obj["kind"], "delete")
         try:
             self._request("DELETE", _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]),
                           body=body, content_type="application/json")

@@ -6,7 +6,9 @@
   yet), ``error`` (the API server refused, or anything else);
 - ``kubeinfer_operator_reconcile_duration_seconds{namespace,name}``: how long each took;
 - ``kubeinfer_operator_certificate_expiry_timestamp_seconds{namespace,name}``: when the
-  server certificate the operator issued for it expires (renewed at a third of its life left).
+  server certificate the operator issued for it expires (renewed at a third of its life left);
+- ``kubeinfer_operator_api_writes_total{kind,verb}``: the writes it sent to the API server
+  (server-side applies and deletes). A resync that finds nothing to change writes nothing.
 
 A deleted InferenceDeployment's series are dropped (``forget``).
 """
@@ -30,6 +32,8 @@ class OperatorMetrics:
         self.duration = Histogram("kubeinfer_operator_reconcile_duration_seconds",
                                   "Time one reconcile of an InferenceDeployment took.", labels,
                                   buckets=DURATION_BUCKETS, registry=self.registry)
+        self.api_writes = Counter("kubeinfer_operator_api_writes", "Writes sent to the API server, by kind and verb.",
+                                  ("kind", "verb"), registry=self.registry)
         self.certificate_expiry = Gauge("kubeinfer_operator_certificate_expiry_timestamp_seconds",
                                         "When the server certificate issued for an InferenceDeployment expires.",
                                         labels, registry=self.registry)
@@ -40,6 +44,9 @@ class OperatorMetrics:
         self.duration.labels(namespace, name).observe(seconds)
         if certificate_not_after is not None:
             self.certificate_expiry.labels(namespace, name).set(certificate_not_after.timestamp())
+
+    def api_write(self, kind: str, verb: str) -> None:
+        self.api_writes.labels(kind, verb).inc()
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted InferenceDeployment's series."""

@@ -4,7 +4,8 @@ Covers: ``OperatorMetrics`` counts results and durations per InferenceDeployment
 certificate expiry, and forgets a deleted one's series; a real ``kubeinfer-operator`` against
 the real control plane serves them on ``--metrics-port``: a reconciled InferenceDeployment is
 counted ``ok`` with its server certificate's expiry, one with a missing client-CA Secret
-``missing_dependency``, and a deleted one's series go away.
+``missing_dependency``; once it is Ready, resyncs that find nothing to change send no write
+to the API server (``kubeinfer_operator_api_writes_total`` stays put); a deleted one's series go away.
 """
 
 from __future__ import annotations
@@ -46,6 +47,27 @@ def test_counts_by_result_and_forgets_the_deleted():
     assert "fraud" not in generate_latest(metrics.registry).decode()
 
 
+class QuietResyncs:
+    """Whether three reconciles of one InferenceDeployment went by with no write to the API server.
+
+    Right after Ready the status may still change once or twice (the Deployment's own
+    status settling); from then on, resyncs must find nothing to write.
+    """
+
+    def __init__(self, operator, key: tuple) -> None:
+        self.operator, self.key = operator, key
+        self.since: tuple[float, float] | None = None  # (reconciles, writes) when the quiet began
+
+    def seen(self) -> bool:
+        text = scrape(self.operator)
+        now = (samples(text, "kubeinfer_operator_reconciles_total")[self.key],
+               sum(samples(text, "kubeinfer_operator_api_writes_total").values()))
+        if self.since is None or now[1] != self.since[1]:
+            self.since = now
+            return False
+        return now[0] >= self.since[0] + 3
+
+
 def scrape(operator) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
         return response.read().decode()
@@ -69,6 +91,9 @@ def test_a_real_operator_serves_its_metrics(cluster, k, operator, make_infd):
     expiry = samples(text, "kubeinfer_operator_certificate_expiry_timestamp_seconds")[fraud]
     assert expiry == dt.datetime.fromisoformat(not_after.replace("Z", "+00:00")).timestamp()
     assert samples(text, "kubeinfer_operator_reconcile_duration_seconds_count")[fraud] >= 1
+    assert sum(samples(text, "kubeinfer_operator_api_writes_total").values()) > 0
+    quiet = QuietResyncs(operator, (*fraud, ("result", "ok")))
+    cluster.wait_for("three resyncs in a row that write nothing (the status settled)", quiet.seen, timeout=60)
     cluster.kubectl("delete", "infd", "fraud", "-n", k.namespace)
     cluster.wait_for("a deleted InferenceDeployment's series dropped", lambda: 'name="fraud"' not in scrape(operator),
                      timeout=60)
