@@ -22,7 +22,6 @@ terminal, a JSON line every few seconds otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -152,7 +151,7 @@ def run(settings: BatchSettings, progress: Progress | None = None) -> Summary:
 
 def _model_file(settings: BatchSettings, scratch: str) -> tuple[str, str]:
     """The model's local path and sha256 (fetched first when it is a URI; checked against --sha256)."""
-    from kubeinfer_server.fetch import FetchError, fetch, is_remote
+    from kubeinfer_server.fetch import FetchError, fetch, file_sha256, is_remote
 
     if is_remote(settings.model):
         try:
@@ -162,20 +161,12 @@ def _model_file(settings: BatchSettings, scratch: str) -> tuple[str, str]:
             raise BatchFailed(str(exc)) from None
     path = settings.model.removeprefix("file://")
     try:
-        sha = _sha256(path)
+        sha = file_sha256(path)
     except OSError as exc:
         raise BatchFailed(f"cannot read the model {path!r}: {exc}") from None
     if settings.sha256 and sha != settings.sha256.lower():
         raise BatchFailed(f"{path}: sha256 mismatch: expected {settings.sha256.lower()}, got {sha}")
     return path, sha
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load(path: str, settings: BatchSettings) -> Model:

@@ -34,6 +34,15 @@ class FetchError(Exception):
     """The model could not be fetched or did not verify; the message names the URI."""
 
 
+def file_sha256(path: str) -> str:
+    """The sha256 of a local file, read in chunks (OSError when it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def is_remote(path: str) -> bool:
     """True when ``path`` is a URI to fetch first (s3://, http(s)://, ...), not a local
     path or a file:// URI."""

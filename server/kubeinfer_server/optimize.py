@@ -26,7 +26,6 @@ not fit; nothing was computed).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from kubeinfer_server import optimize_measure as measure
 from kubeinfer_server import optimize_methods as methods
 from kubeinfer_server import optimize_report as report
 from kubeinfer_server.errors import ModelLoadError
+from kubeinfer_server.fetch import file_sha256
 from kubeinfer_server.model import Model, ModelOptions, cgroup_cpu_limit
 
 log = logging.getLogger(__name__)
@@ -172,14 +172,10 @@ def _check_writable(path: str, what: str) -> None:
 
 
 def _sha256(path: str, what: str) -> str:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError as exc:
         raise OptimizeFailed(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def _load(name: str, path: str, settings: OptimizeSettings) -> Model:
