@@ -3,21 +3,16 @@ project's venv first on PATH, and prints the scored rows, the output's columns a
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
+
+from support.docblocks import run_sh, sh_blocks
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "batch.md"
 
 
 def test_the_laptop_run_in_the_docs_works(tmp_path):
-    section = DOC.read_text().split("## A laptop run\n", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```sh\n(.*?)```", section, re.S)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path, env=env)
+    (block,) = sh_blocks(DOC, "## A laptop run")
+    done = run_sh(block, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "10000 ['txn_id', 'output'] 10000", done.stdout
     assert sorted(p.name for p in (tmp_path / "scores").glob("part-*")) == [f"part-00000{i}.parquet" for i in range(4)]

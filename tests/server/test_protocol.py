@@ -32,13 +32,8 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from devkit.models import ONNX_TYPES, fixed_shape, identity_all_types, linear, slow
+from kubeinfer_server import tensors
 from support.serverproc import ServerProcess
-
-NUMPY = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-    "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
-}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +131,8 @@ def test_every_datatype_round_trips(client, datatype):
     if datatype == "BYTES":
         array = np.array([[b"a", b"bc"], [b"", "\u00e9".encode()]], dtype=np.object_)
     else:
-        array = (np.arange(4) % 2 if datatype == "BOOL" else np.arange(4) + 1).astype(NUMPY[datatype]).reshape(2, 2)
+        values = np.arange(4) % 2 if datatype == "BOOL" else np.arange(4) + 1
+        array = values.astype(tensors.BY_NAME[datatype].dtype).reshape(2, 2)
     result = client.infer("types", [_input(f"in_{t}", array if t == datatype else _filler(t), t) for t in ONNX_TYPES],
                           outputs=[tc.InferRequestedOutput(f"out_{datatype}")])
     out = result.as_numpy(f"out_{datatype}")
@@ -147,7 +143,7 @@ def test_every_datatype_round_trips(client, datatype):
 def _filler(datatype):
     if datatype == "BYTES":
         return np.array([[b"x", b"y"], [b"z", b"w"]], dtype=np.object_)
-    return np.zeros((2, 2), dtype=NUMPY[datatype])
+    return np.zeros((2, 2), dtype=tensors.BY_NAME[datatype].dtype)
 
 
 def test_concurrent_requests_batch_without_crossing_outputs(models):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -33,15 +32,12 @@ from tritonclient.utils import InferenceServerException
 
 from devkit.models import ONNX_TYPES, identity_all_types, linear, make_mlp, slow
 from devkit.waiting import wait_for
+from kubeinfer_server import tensors
+from support.docblocks import run_sh, sh_blocks
 from support.serverproc import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS, README = REPO / "docs" / "serving.md", REPO / "README.md"
-NUMPY = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-    "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
-}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +81,7 @@ def sample(datatype: str, rows: int = 3) -> np.ndarray:
         return np.array([[f"s{v}-é".encode() for v in row] for row in values], dtype=np.object_)
     if datatype == "BOOL":
         return values % 2 == 0
-    return (values * 3 + 1).astype(NUMPY[datatype])
+    return (values * 3 + 1).astype(tensors.BY_NAME[datatype].dtype)
 
 
 def test_health_and_metadata_as_tritonclient_reads_them(client):
@@ -221,13 +217,6 @@ def test_unknown_model_route_and_version(server):
     assert caught.value.code == 404
 
 
-def sh_blocks(path: Path, heading: str) -> list[str]:
-    """The ```sh blocks of the section of ``path`` under ``heading``."""
-    section = path.read_text().split(heading + "\n", 1)[1]
-    section = re.split(r"\n#{1,3} ", section, maxsplit=1)[0]
-    return re.findall(r"```sh\n(.*?)```", section, re.S)
-
-
 CURL_BLOCKS = [*sh_blocks(README, "### REST with curl"), *sh_blocks(DOCS, "## REST (port 8000)")]
 
 
@@ -235,8 +224,8 @@ CURL_BLOCKS = [*sh_blocks(README, "### REST with curl"), *sh_blocks(DOCS, "## RE
 def test_the_curl_examples_in_the_docs_work(server, block, tmp_path):
     """Each block runs as written against the test's server (its port aside), curl failing on an HTTP error."""
     assert "curl" in block
-    script = ("set -euo pipefail\ncurl() { command curl --fail-with-body --silent --show-error \"$@\"; echo; }\n"
+    script = ("curl() { command curl --fail-with-body --silent --show-error \"$@\"; echo; }\n"
               + block.replace("localhost:8000", server.http_url))
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    done = run_sh(script, tmp_path, timeout=60)
     assert done.returncode == 0, (block, done.stdout, done.stderr)
     assert "error" not in done.stdout, done.stdout
