@@ -227,7 +227,7 @@ class Mapping:
             raise MappingError(f"no column feeds model input {spec.name!r}: name a column {spec.name!r}, or give "
                                f"--input-columns {spec.name}=COL,COL,... (columns: {', '.join(schema.names)})")
         kind = schema.field(spec.name).type
-        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        if _is_list(kind):
             if not _numeric(kind.value_type) and not (spec.datatype.name == "BYTES" and _text(kind.value_type)):
                 raise MappingError(f"column {spec.name!r} holds lists of {kind.value_type}, not numbers")
             return Source(spec, (spec.name,), False, row_shape)
