@@ -137,16 +137,19 @@ class Repository:
     def __init__(self) -> None:
         self.models: dict[str, ServedModel] = {}
         self.ready = False  # loaded and warmed up: takes inference calls
-        self.draining = False  # shutting down: still answers, but reports not ready
+        self.draining = False  # shutting down: reports not ready (answers new calls while not refusing)
+        self.refusing = False  # shutting down past the delay: new calls answer UNAVAILABLE
 
     @property
     def reports_ready(self) -> bool:
         return self.ready and not self.draining
 
     def get(self, name: str, version: str = "") -> ServedModel:
-        """The model to call, or ``NotReady`` while loading, or ``ModelNotFound``."""
+        """The model to call, or ``NotReady`` while loading or shutting down, or ``ModelNotFound``."""
         if not self.ready:
             raise NotReady("the server is loading models; retry once it reports ready")
+        if self.refusing:
+            raise NotReady("the server is shutting down and takes no new calls; retry on another replica")
         served = self.models.get(name)
         if served is None:
             names = ", ".join(sorted(self.models)) or "none"

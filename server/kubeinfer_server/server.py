@@ -128,13 +128,17 @@ class Server:
 
     async def _drain(self) -> None:
         grace, delay = self.settings.grace_seconds, self.settings.shutdown_delay_seconds
+        # Not ready and refusing turn on together (no await between) unless a delay
+        # keeps answering: a call that sees not-ready after that is never accepted.
         self.repository.draining = True
+        self.repository.refusing = not delay
         await self.health.enter_graceful_shutdown()
         if delay:
             # Readiness is already false; clients that have not yet seen this replica leave
             # their endpoints still send new calls for a moment, and they are still answered.
             log.info("Shutting down: not ready, still answering new calls for %.0fs", delay)
             await asyncio.sleep(delay)
+            self.repository.refusing = True
         log.info("Draining: refusing new calls, answering accepted ones within %.0fs", grace)
         await asyncio.gather(self.grpc_server.stop(grace), self._stop_rest())
         await self.repository.close()
