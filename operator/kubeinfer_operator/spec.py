@@ -176,26 +176,26 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings
     return InferenceSpec(
         name=name,
         namespace=namespace,
-        model=_model(name, _obj(spec, "model")),
-        runtime=_runtime(_obj(spec, "runtime"), settings),
-        batching=_batching(_obj(spec, "batching")),
-        resources=_resources(spec.get("resources")),
-        gpu=_gpu(spec.get("gpu")),
-        node_selector={str(k): str(v) for k, v in _obj(spec, "nodeSelector").items()},
-        tolerations=tuple(dict(t) for t in _list(spec, "tolerations")),
-        affinity=dict(_obj(spec, "affinity")),
-        replicas=_optional_int(spec, "replicas"),
+        model=parse_model(name, get_object(spec, "model")),
+        runtime=parse_runtime(get_object(spec, "runtime"), settings),
+        batching=_batching(get_object(spec, "batching")),
+        resources=parse_resources(spec.get("resources")),
+        gpu=parse_gpu(spec.get("gpu")),
+        node_selector={str(k): str(v) for k, v in get_object(spec, "nodeSelector").items()},
+        tolerations=tuple(dict(t) for t in get_list(spec, "tolerations")),
+        affinity=dict(get_object(spec, "affinity")),
+        replicas=get_optional_int(spec, "replicas"),
         autoscaling=_autoscaling(spec.get("autoscaling")),
-        tls=_tls(_obj(spec, "tls"), settings),
-        pod=_pod(spec),
+        tls=_tls(get_object(spec, "tls"), settings),
+        pod=parse_pod(spec),
     )
 
 
-def _model(default_name: str, raw: Mapping[str, Any]) -> Model:
+def parse_model(default_name: str, raw: Mapping[str, Any]) -> Model:
     uri = raw.get("uri")
     if not isinstance(uri, str) or "://" not in uri:
         raise SpecError("model.uri must be a URI such as s3://bucket/model.onnx or pvc://CLAIM/path")
-    secret = _obj(_obj(raw, "credentials"), "secretRef").get("name")
+    secret = get_object(get_object(raw, "credentials"), "secretRef").get("name")
     model = Model(name=str(raw.get("name") or default_name), uri=uri, sha256=raw.get("sha256"),
                   pvc=parse_pvc_uri(uri), credentials_secret=str(secret) if secret else None)
     if model.pvc is not None and model.sha256:
@@ -205,7 +205,7 @@ def _model(default_name: str, raw: Mapping[str, Any]) -> Model:
     return model
 
 
-def _runtime(raw: Mapping[str, Any], settings: Settings) -> Runtime:
+def parse_runtime(raw: Mapping[str, Any], settings: Settings) -> Runtime:
     providers = tuple(raw.get("executionProviders") or DEFAULT_EXECUTION_PROVIDERS)
     unknown = [p for p in providers if p not in PROVIDERS]
     if unknown:
@@ -214,12 +214,12 @@ def _runtime(raw: Mapping[str, Any], settings: Settings) -> Runtime:
         image=str(raw.get("image") or settings.server_image),
         image_pull_policy=raw.get("imagePullPolicy"),
         execution_providers=providers,
-        intra_op_threads=_optional_int(raw, "runtime.intraOpThreads"),
-        instances=_int(raw, "runtime.instances"),
-        drain_grace_seconds=_int(raw, "runtime.drainGraceSeconds"),
-        max_connection_age_seconds=_int(raw, "runtime.maxConnectionAgeSeconds"),
-        workers=_int(raw, "runtime.workers"),
-        max_message_bytes=_int(raw, "runtime.maxMessageBytes"),
+        intra_op_threads=get_optional_int(raw, "runtime.intraOpThreads"),
+        instances=get_int(raw, "runtime.instances"),
+        drain_grace_seconds=get_int(raw, "runtime.drainGraceSeconds"),
+        max_connection_age_seconds=get_int(raw, "runtime.maxConnectionAgeSeconds"),
+        workers=get_int(raw, "runtime.workers"),
+        max_message_bytes=get_int(raw, "runtime.maxMessageBytes"),
         access_log_sample_rate=_sample_rate(raw),
     )
 
@@ -231,40 +231,40 @@ def _sample_rate(raw: Mapping[str, Any]) -> float:
     return float(value)
 
 
-def _pod(spec: Mapping[str, Any]) -> PodSettings:
-    env = tuple(dict(e) for e in _list(spec, "env"))
+def parse_pod(spec: Mapping[str, Any]) -> PodSettings:
+    env = tuple(dict(e) for e in get_list(spec, "env"))
     reserved = [e.get("name") for e in env if str(e.get("name", "")).startswith("KUBEINFER_")]
     if reserved:
         raise SpecError(f"env {reserved[0]}: names starting with KUBEINFER_ are set by the operator from the spec")
-    labels = {str(k): str(v) for k, v in _obj(spec, "podLabels").items()}
+    labels = {str(k): str(v) for k, v in get_object(spec, "podLabels").items()}
     taken = sorted(set(labels) & set(SELECTOR_LABEL_KEYS))
     if taken:
         raise SpecError(f"podLabels must not set {taken[0]}: the operator's labels select the pods")
     return PodSettings(
-        image_pull_secrets=tuple(str(s["name"]) for s in _list(spec, "imagePullSecrets")),
+        image_pull_secrets=tuple(str(s["name"]) for s in get_list(spec, "imagePullSecrets")),
         service_account_name=spec.get("serviceAccountName") or None,
         env=env,
         labels=labels,
-        annotations={str(k): str(v) for k, v in _obj(spec, "podAnnotations").items()},
+        annotations={str(k): str(v) for k, v in get_object(spec, "podAnnotations").items()},
         priority_class_name=spec.get("priorityClassName") or None,
         runtime_class_name=spec.get("runtimeClassName") or None,
-        topology_spread_constraints=tuple(dict(c) for c in _list(spec, "topologySpreadConstraints")),
+        topology_spread_constraints=tuple(dict(c) for c in get_list(spec, "topologySpreadConstraints")),
     )
 
 
 def _batching(raw: Mapping[str, Any]) -> Batching:
     batching = Batching(
-        max_batch_size=_int(raw, "batching.maxBatchSize"),
-        max_queue_delay_microseconds=_int(raw, "batching.maxQueueDelayMicroseconds"),
-        preferred_batch_sizes=tuple(int(s) for s in _list(raw, "preferredBatchSizes")),
-        max_queue_size=_int(raw, "batching.maxQueueSize"),
+        max_batch_size=get_int(raw, "batching.maxBatchSize"),
+        max_queue_delay_microseconds=get_int(raw, "batching.maxQueueDelayMicroseconds"),
+        preferred_batch_sizes=tuple(int(s) for s in get_list(raw, "preferredBatchSizes")),
+        max_queue_size=get_int(raw, "batching.maxQueueSize"),
     )
     if any(s > batching.max_batch_size for s in batching.preferred_batch_sizes):
         raise SpecError("every batching.preferredBatchSizes entry must be at most batching.maxBatchSize")
     return batching
 
 
-def _resources(raw: Any) -> Mapping[str, Mapping[str, str]]:
+def parse_resources(raw: Any) -> Mapping[str, Mapping[str, str]]:
     if raw is None:
         raw = DEFAULT_RESOURCES
     parsed: dict[str, dict[str, str]] = {}
@@ -278,10 +278,10 @@ def _resources(raw: Any) -> Mapping[str, Mapping[str, str]]:
     return parsed
 
 
-def _gpu(raw: Any) -> Gpu | None:
+def parse_gpu(raw: Any) -> Gpu | None:
     if not raw:
         return None
-    count = _optional_int(raw, "gpu.count")
+    count = get_optional_int(raw, "gpu.count")
     if count is None:
         if raw.get("product"):
             raise SpecError("gpu.product needs gpu.count")
@@ -294,11 +294,11 @@ def _autoscaling(raw: Any) -> Autoscaling | None:
     if raw is None:
         return None
     scaling = Autoscaling(
-        min_replicas=_int(raw, "autoscaling.minReplicas"),
-        max_replicas=_int(raw, "autoscaling.maxReplicas"),
-        target_queue_depth=_int(raw, "autoscaling.targetQueueDepth"),
-        scale_up_stabilization_seconds=_int(raw, "autoscaling.scaleUpStabilizationSeconds"),
-        scale_down_stabilization_seconds=_int(raw, "autoscaling.scaleDownStabilizationSeconds"),
+        min_replicas=get_int(raw, "autoscaling.minReplicas"),
+        max_replicas=get_int(raw, "autoscaling.maxReplicas"),
+        target_queue_depth=get_int(raw, "autoscaling.targetQueueDepth"),
+        scale_up_stabilization_seconds=get_int(raw, "autoscaling.scaleUpStabilizationSeconds"),
+        scale_down_stabilization_seconds=get_int(raw, "autoscaling.scaleDownStabilizationSeconds"),
     )
     if scaling.min_replicas > scaling.max_replicas:
         raise SpecError("autoscaling.minReplicas must be at most autoscaling.maxReplicas")
@@ -310,10 +310,10 @@ def _autoscaling(raw: Any) -> Autoscaling | None:
 def _tls(raw: Mapping[str, Any], settings: Settings) -> Tls:
     tls = Tls(
         mode=str(raw.get("mode") or DEFAULT_TLS_MODE),
-        clients=tuple(str(c["name"]) for c in _list(raw, "clients")),
-        allowed_clients=tuple(str(c) for c in _list(raw, "allowedClients")),
+        clients=tuple(str(c["name"]) for c in get_list(raw, "clients")),
+        allowed_clients=tuple(str(c) for c in get_list(raw, "allowedClients")),
         client_ca_secret_name=raw.get("clientCASecretName"),
-        certificate_duration_seconds=_int(
+        certificate_duration_seconds=get_int(
             raw, "tls.certificateDurationSeconds", default=settings.certificate_duration_seconds),
     )
     if tls.mode not in TLS_MODES:
@@ -327,7 +327,7 @@ def _tls(raw: Mapping[str, Any], settings: Settings) -> Tls:
     return tls
 
 
-def _obj(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+def get_object(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = raw.get(key)
     if value is None:
         return {}
@@ -336,7 +336,7 @@ def _obj(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def _list(raw: Mapping[str, Any], key: str) -> Sequence[Any]:
+def get_list(raw: Mapping[str, Any], key: str) -> Sequence[Any]:
     value = raw.get(key)
     if value is None:
         return ()
@@ -345,15 +345,15 @@ def _list(raw: Mapping[str, Any], key: str) -> Sequence[Any]:
     return value
 
 
-def _int(raw: Mapping[str, Any], path: str, default: int | None = None) -> int:
+def get_int(raw: Mapping[str, Any], path: str, default: int | None = None) -> int:
     """The integer field ``path`` of ``raw`` (its object), or its default; bounds checked."""
-    value = _optional_int(raw, path, default)
+    value = get_optional_int(raw, path, default)
     if value is None:
         raise SpecError(f"{path} must be set")
     return value
 
 
-def _optional_int(raw: Mapping[str, Any], path: str, default: int | None = None) -> int | None:
+def get_optional_int(raw: Mapping[str, Any], path: str, default: int | None = None) -> int | None:
     """Like ``_int``, but None when the field is unset and has no default."""
     field = INTEGER_FIELDS[path]
     value = raw.get(field.key)

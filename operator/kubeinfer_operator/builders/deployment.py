@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from kubeinfer_operator import naming
+from kubeinfer_operator.builders import podparts
 from kubeinfer_operator.builders.meta import child_metadata
 from kubeinfer_operator.spec import InferenceSpec
 
 TLS_DIR = "/etc/kubeinfer/tls"
-MODELS_DIR = "/models"
-RUN_AS = 65532
 GRACE_MARGIN_SECONDS = 15
 # After SIGTERM the server keeps answering new calls this long while EndpointSlices drop the pod.
 SHUTDOWN_DELAY_SECONDS = 5
@@ -29,8 +28,8 @@ PROMETHEUS_ANNOTATIONS = {
 def model_path(spec: InferenceSpec) -> str:
     """Where the server finds the model file inside the pod."""
     if spec.model.pvc_path is not None:
-        return f"{MODELS_DIR}/{spec.model.name}/{spec.model.pvc_path}"
-    return f"{MODELS_DIR}/{spec.model.name}/model.onnx"
+        return f"{podparts.model_dir(spec.model)}/{spec.model.pvc_path}"
+    return f"{podparts.model_dir(spec.model)}/model.onnx"
 
 
 def build_deployment(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any]:
@@ -56,31 +55,14 @@ def _pod_template(spec: InferenceSpec) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": _grace_period_seconds(spec),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": podparts.pod_security_context(),
         "containers": [_server_container(spec)],
         "volumes": _volumes(spec),
     }
     if spec.model.pvc_claim is None:
-        pod["initContainers"] = [_fetch_container(spec)]
-    node_selector = dict(spec.node_selector)
-    tolerations = [dict(t) for t in spec.tolerations]
-    if spec.gpu is not None:
-        if spec.gpu.product:
-            node_selector[naming.GPU_PRODUCT_LABEL] = spec.gpu.product
-        tolerations.append({"key": spec.gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
-    if node_selector:
-        pod["nodeSelector"] = node_selector
-    if tolerations:
-        pod["tolerations"] = tolerations
-    if spec.affinity:
-        pod["affinity"] = dict(spec.affinity)
-    pod.update(_platform_fields(spec))
+        pod["initContainers"] = [podparts.fetch_container(spec.model, spec.runtime, spec.pod, model_path(spec))]
+    pod.update(podparts.scheduling_fields(spec.node_selector, spec.tolerations, spec.affinity, spec.gpu))
+    pod.update(podparts.platform_fields(spec.pod, naming.selector_labels(spec.name)))
     return {
         "metadata": {"labels": {**spec.pod.labels, **naming.labels(spec.name)},
                      "annotations": {**spec.pod.annotations, **PROMETHEUS_ANNOTATIONS}},
@@ -88,74 +70,8 @@ def _pod_template(spec: InferenceSpec) -> dict[str, Any]:
     }
 
 
-def _platform_fields(spec: InferenceSpec) -> dict[str, Any]:
-    """The pod fields a platform sets (spec.imagePullSecrets, serviceAccountName, ...), those given."""
-    settings = spec.pod
-    fields: dict[str, Any] = {}
-    if settings.image_pull_secrets:
-        fields["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
-    if settings.service_account_name:
-        fields["serviceAccountName"] = settings.service_account_name
-    if settings.priority_class_name:
-        fields["priorityClassName"] = settings.priority_class_name
-    if settings.runtime_class_name:
-        fields["runtimeClassName"] = settings.runtime_class_name
-    if settings.topology_spread_constraints:
-        selector = {"matchLabels": naming.selector_labels(spec.name)}
-        fields["topologySpreadConstraints"] = [{"labelSelector": selector, **c}
-                                               for c in settings.topology_spread_constraints]
-    return fields
-
-
-def _store_credentials(spec: InferenceSpec) -> dict[str, Any]:
-    """model.credentials.secretRef: the Secret's keys (AWS_ACCESS_KEY_ID, ...) as the fetch step's environment."""
-    secret = spec.model.credentials_secret
-    return {"envFrom": [{"secretRef": {"name": secret}}]} if secret else {}
-
-
-def _user_env(spec: InferenceSpec) -> dict[str, Any]:
-    """spec.env for the fetch container (a store's credentials, say): the key only when there are some."""
-    return {"env": [dict(e) for e in spec.pod.env]} if spec.pod.env else {}
-
-
 def _grace_period_seconds(spec: InferenceSpec) -> int:
     return SHUTDOWN_DELAY_SECONDS + spec.runtime.drain_grace_seconds + GRACE_MARGIN_SECONDS
-
-
-def _container_security() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _fetch_container(spec: InferenceSpec) -> dict[str, Any]:
-    args = ["fetch", spec.model.uri, model_path(spec)]
-    if spec.model.sha256:
-        args += ["--sha256", spec.model.sha256]
-    container: dict[str, Any] = {
-        "name": "fetch",
-        "image": spec.runtime.image,
-        "command": ["kubeinfer-server"],
-        "args": args,
-        # The fetch prints a one-line error naming the URI: it becomes the
-        # termination message that the ModelFetchFailed condition quotes.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        **_user_env(spec),
-        **_store_credentials(spec),
-        "securityContext": _container_security(),
-        "volumeMounts": [
-            {"name": "model", "mountPath": f"{MODELS_DIR}/{spec.model.name}"},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-    }
-    if spec.runtime.image_pull_policy:
-        container["imagePullPolicy"] = spec.runtime.image_pull_policy
-    return container
 
 
 def _server_container(spec: InferenceSpec) -> dict[str, Any]:
@@ -182,14 +98,12 @@ def _server_container(spec: InferenceSpec) -> dict[str, Any]:
             "periodSeconds": 5,
             "failureThreshold": 120,
         },
-        "resources": _resources(spec),
-        "securityContext": _container_security(),
+        "resources": podparts.resources_with_gpu(spec.resources, spec.gpu),
+        "securityContext": podparts.container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": _server_mounts(spec),
     }
-    if spec.runtime.image_pull_policy:
-        container["imagePullPolicy"] = spec.runtime.image_pull_policy
-    return container
+    return podparts.with_pull_policy(container, spec.runtime)
 
 
 def _readiness_probe(spec: InferenceSpec) -> dict[str, Any]:
@@ -237,17 +151,9 @@ def server_env(spec: InferenceSpec) -> list[tuple[str, str]]:
     return env
 
 
-def _resources(spec: InferenceSpec) -> dict[str, Any]:
-    resources = {section: dict(values) for section, values in spec.resources.items()}
-    if spec.gpu is not None:
-        # Extended resources are limits only; the API server copies them to requests.
-        resources.setdefault("limits", {})[spec.gpu.resource_name] = str(spec.gpu.count)
-    return resources
-
-
 def _server_mounts(spec: InferenceSpec) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
-        {"name": "model", "mountPath": f"{MODELS_DIR}/{spec.model.name}", "readOnly": True},
+        {"name": "model", "mountPath": podparts.model_dir(spec.model), "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     if spec.tls.enabled:
