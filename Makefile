@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # The product and the dev tooling (hack/pyproject.toml, kubeinfer-dev): a change to either reinstalls.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml hack/pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test test-fast demo demo-server proto lint clean bench bench-rest bench-batch bench-optimize perf-analyzer chart-lint
+.PHONY: venv test test-fast demo demo-server proto lint clean bench bench-rest bench-batch bench-optimize bench-tune perf-analyzer chart-lint
 
 venv: $(STAMP)
 
@@ -68,6 +68,9 @@ bench-batch: venv
 
 bench-optimize: venv
 	$(PY) bench/optimize_bench.py --models mlp,cnn,classifier
+
+bench-tune: venv perf-analyzer
+	$(PY) bench/tune_bench.py --models mlp,cnn
 
 clean:
 	rm -rf $(VENV) build *.egg-info hack/*.egg-info

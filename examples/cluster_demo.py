@@ -1,5 +1,6 @@
 """The full kubeinfer flow on the local cluster: helm install, an InferenceDeployment, mTLS
-predictions, and the queue-depth HPA adding replicas under load.
+predictions, the queue-depth HPA adding replicas under load, and beside it an
+InferenceBatchJob scoring a dataset from an S3 store in two shards.
 
 Run with ``make demo`` (root: the real node runs containers). It builds what is missing
 (control plane, real node, images, adapter, Prometheus; cold: about 25-30 minutes on 2
@@ -10,6 +11,7 @@ stops it all. What is real and what is simulated: the README, "End to end on the
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -18,16 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from devkit.models import make_mlp
+from devkit.s3server import S3Server
 from devkit.waiting import wait_for
 from e2ekit import stack
 from e2ekit.clients import NODE_PLACEMENT, Load, batch, client, infer, ready_addresses, write_secret
 from localcluster import Cluster
+from localcluster.nodeconfig import NODE_IP
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE, NAME, CLIENT = "ml", "fraud", "checkout"
+BATCH_NAME, BATCH_ROWS = "fraud-scores", 20_000
 
 
 def say(message: str) -> None:
@@ -78,6 +85,69 @@ def infd_manifest(store_url: str) -> dict:
     return body
 
 
+def start_batch_job(kube: Kube, s3: S3Server, model_url: str) -> np.ndarray:
+    """Puts a dataset in the S3 store and applies an InferenceBatchJob that scores it; returns the features."""
+    x = np.random.default_rng(3).standard_normal((BATCH_ROWS, 256)).astype(np.float32)
+    features = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 256)
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"txn_id": np.arange(BATCH_ROWS), "input": features}), buffer, row_group_size=5000)
+    s3.create_bucket("data")
+    s3.put("data", "transactions/today.parquet", buffer.getvalue())
+    literals = [f"--from-literal={k}={v}" for k, v in s3.env().items()]
+    kube.kubectl("delete", "secret", "store-keys", "-n", NAMESPACE, "--ignore-not-found")
+    kube.kubectl("create", "secret", "generic", "store-keys", "-n", NAMESPACE, *literals)
+    kube.kubectl("delete", "ibj", BATCH_NAME, "-n", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=90)
+    body = {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceBatchJob",
+            "metadata": {"name": BATCH_NAME, "namespace": NAMESPACE},
+            "spec": {"model": {"uri": model_url}, "credentials": {"secretRef": {"name": "store-keys"}},
+                     "input": {"uri": "s3://data/transactions/", "idColumn": "txn_id"},
+                     "output": {"uri": "s3://data/scores/"}, "parallelism": 2,
+                     "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}, **NODE_PLACEMENT}}
+    kube.kubectl("apply", "-f", "-", input=json.dumps(body))
+    return x
+
+
+def show_batch_job(kube: Kube, s3: S3Server, model: Path, x: np.ndarray) -> None:
+    def finished():
+        found = json.loads(kube.kubectl("get", "ibj", BATCH_NAME, "-n", NAMESPACE, "-o", "json").stdout)
+        return found if (found.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+
+    status = kube.wait("the InferenceBatchJob to finish", finished, timeout=300)["status"]
+    print(kube.kubectl("get", "ibj", BATCH_NAME, "-n", NAMESPACE).stdout)
+    print(kube.kubectl("get", "jobs,pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={BATCH_NAME}",
+                       "-o", "wide").stdout)
+    if status["phase"] != "Succeeded":
+        raise SystemExit(f"the batch job failed: {json.dumps(status['conditions'])}")
+    client = s3.client()
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="data", Prefix="scores/")["Contents"])
+    parts = [k for k in keys if "/part-" in k]
+    first = pq.read_table(io.BytesIO(client.get_object(Bucket="data", Key=parts[0])["Body"].read()))
+    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x[:5]})[0]
+    got = np.stack(first.column("output").to_numpy(zero_copy_only=False)[:5])
+    print(f"rows {status['rows']}, shards {status['shards']}; objects written: {', '.join(keys)}\n"
+          f"first rows of {parts[0]} against in-process onnxruntime: max abs difference "
+          f"{np.abs(got - want).max():.2e}")
+
+
+def put_load(kube: Kube, certs) -> None:
+    say("Putting load on it (16 concurrent clients, round robin over the ready pods); watch the HPA")
+    load = Load(kube, NAMESPACE, NAME, certs, workers=16, rows=32).start()
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 45:
+            status = json.loads(kube.kubectl("get", "hpa", NAME, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+            current = (status.get("currentMetrics") or [{}])[0].get("pods", {}).get("current", {})
+            metric = current.get("averageValue", "-")
+            # Until the HPA has read the metric once, its desiredReplicas is 0: not a decision.
+            desired = status.get("desiredReplicas") if metric != "-" else "?"
+            print(f"  t={time.monotonic() - t0:4.0f}s  queue depth/pod={metric:>6}  replicas "
+                  f"{status.get('currentReplicas')}->{desired}  "
+                  f"serving pods={len(load.addresses)}  ok={load.ok} failed={len(load.failures)}", flush=True)
+            time.sleep(3)
+    finally:
+        load.stop()
+
+
 def main() -> int:
     started = time.monotonic()
     cluster = build_and_start()
@@ -90,6 +160,8 @@ def main() -> int:
     values = cluster.workdir / "demo-values.json"
     values.write_text(json.dumps({"watchNamespaces": [NAMESPACE], **NODE_PLACEMENT}))
     kube.kubectl("create", "namespace", NAMESPACE, check=False)
+    # Helm installs CRDs only on a first install: apply them first, so a rerun gets new ones too.
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kube.helm("upgrade", "--install", "kubeinfer", str(REPO / "charts" / "kubeinfer"),
               "--namespace", "kubeinfer-system", "--create-namespace", "-f", str(values), "--wait",
               "--timeout", "3m")
@@ -117,22 +189,15 @@ def main() -> int:
     print(f"pod {addresses[0]} answered:\n{got[:, :6]}\nin-process onnxruntime:\n{want[:, :6]}\n"
           f"max abs difference: {np.abs(got - want).max():.2e}")
 
-    say("Putting load on it (16 concurrent clients, round robin over the ready pods); watch the HPA")
-    load = Load(kube, NAMESPACE, NAME, certs, workers=16, rows=32).start()
-    t0 = time.monotonic()
+    say(f"Beside it, an InferenceBatchJob {NAMESPACE}/{BATCH_NAME}: {BATCH_ROWS} rows from an S3 store, 2 shards")
+    s3 = S3Server(host=NODE_IP).start()  # SeaweedFS on the node's bridge address, where pods reach it
     try:
-        while time.monotonic() - t0 < 45:
-            status = json.loads(kube.kubectl("get", "hpa", NAME, "-n", NAMESPACE, "-o", "json").stdout)["status"]
-            current = (status.get("currentMetrics") or [{}])[0].get("pods", {}).get("current", {})
-            metric = current.get("averageValue", "-")
-            # Until the HPA has read the metric once, its desiredReplicas is 0: not a decision.
-            desired = status.get("desiredReplicas") if metric != "-" else "?"
-            print(f"  t={time.monotonic() - t0:4.0f}s  queue depth/pod={metric:>6}  replicas "
-                  f"{status.get('currentReplicas')}->{desired}  "
-                  f"serving pods={len(load.addresses)}  ok={load.ok} failed={len(load.failures)}", flush=True)
-            time.sleep(3)
+        x_batch = start_batch_job(kube, s3, url)
+        put_load(kube, certs)
+        say("The InferenceBatchJob's result (status counts from the pods' termination messages)")
+        show_batch_job(kube, s3, model, x_batch)
     finally:
-        load.stop()
+        s3.stop()
     print(kube.kubectl("get", "infd,hpa,pods", "-n", NAMESPACE, "-o", "wide").stdout)
 
     kc = f"{cluster.bins / 'kubectl'} --kubeconfig {cluster.kubeconfig}"
@@ -141,6 +206,7 @@ def main() -> int:
     print(f"""  {kc} get infd -n {NAMESPACE} -w            # scales back in ~30 s after the load stopped
   {kc} get --raw '/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/pods/*/kubeinfer_queue_depth'
   {kc} describe infd {NAME} -n {NAMESPACE}
+  {kc} get ibj {BATCH_NAME} -n {NAMESPACE} -o yaml  # the batch job's status (its S3 store stopped with the demo)
   {kc} edit infd {NAME} -n {NAMESPACE}       # e.g. spec.batching, spec.autoscaling
   {kc} logs -n {NAMESPACE} -l app.kubernetes.io/instance={NAME} -c server -f
   {kc} exec -n {NAMESPACE} {pod} -c server -- kubeinfer-server --help

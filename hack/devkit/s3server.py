@@ -109,8 +109,10 @@ class S3Server:
             str(self.weed), "-logtostderr", "server",
             f"-ip={self.host}", f"-ip.bind={self.host}", f"-dir={self.workdir / 'data'}",
             port["master"], grpc["master"], "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
-            # The volume server waits -volume.preStopSeconds (10) on SIGTERM before it stops.
-            port["volume"], grpc["volume"], "-volume.preStopSeconds=0",
+            # The volume server waits -volume.preStopSeconds (10) on SIGTERM before it stops. Each
+            # bucket grows 7 volumes at its first large object: weed's default of 8 volumes in all
+            # leaves the second bucket with one and the third with none ("No writable volumes").
+            port["volume"], grpc["volume"], "-volume.preStopSeconds=0", "-volume.max=64",
             "-filer", port["filer"], grpc["filer"], f"-filer.localSocket={self.workdir / 'filer.sock'}",
             "-s3", port["s3"], grpc["s3"], f"-s3.config={config}", f"-s3.localSocket={self.workdir / 's3.sock'}",
             # A PUT into a missing bucket fails, as on AWS, instead of creating it; no extra listeners.

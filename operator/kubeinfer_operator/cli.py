@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"kubeinfer-operator: cannot serve metrics on port {config.metrics_port}: {exc}")
     api = kube.connect()
     api.on_write = metrics.api_write
-    handlers.register(registry, handlers.Reconciler(api, config, metrics))
+    handlers.register(registry, handlers.Reconciler(api, config, metrics, handlers.SERVING),
+                      handlers.Reconciler(api, config, metrics, handlers.BATCH))
     log.info("Started kubeinfer-operator in %s; metrics on port %s", ", ".join(config.namespaces) or "all namespaces",
              config.metrics_port or "none")
     kopf.run(

@@ -2,7 +2,9 @@
 
 Conditions follow the Kubernetes API conventions: ``Ready`` (serving at the
 desired capacity), ``Progressing`` (a rollout is under way) and ``Degraded``
-(something needs a person), each with a CamelCase reason a person can act on.
+(something needs a person), each with a CamelCase reason a person can act on;
+with ``spec.optimization`` also ``Optimized`` and ``status.optimization``
+(``optimization_status``: what the pods' optimize step decided).
 ``lastTransitionTime`` only moves when a condition's status changes.
 """
 
@@ -14,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubeinfer_operator import naming
+from kubeinfer_operator import optimization_status as optimization
+from kubeinfer_operator.builders.optimize import OPTIMIZE_CONTAINER
 from kubeinfer_operator.spec import InferenceSpec
 
 AVAILABLE = "Available"
@@ -99,11 +103,13 @@ def pod_problem(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]]) -> Probl
     for pod in pods:
         if _get(pod, "metadata", "deletionTimestamp"):
             continue
-        for problem in (_fetch_problem(spec, pod), _server_problem(spec, pod), _scheduling_problem(spec, pod)):
+        for problem in (_fetch_problem(spec, pod), _optimize_problem(pod), _server_problem(spec, pod),
+                        _scheduling_problem(spec, pod)):
             if problem is not None:
                 found.setdefault(problem.reason, problem)
-    for reason in (MODEL_FETCH_FAILED, INVALID_MODEL, IMAGE_PULL_FAILED, SERVER_CRASH_LOOP, SERVER_RESTARTED,
-                   WAITING_FOR_GPU, UNSCHEDULABLE):
+    for reason in (MODEL_FETCH_FAILED, optimization.OPTIMIZATION_REJECTED, optimization.OPTIMIZATION_FAILED,
+                   INVALID_MODEL, IMAGE_PULL_FAILED, SERVER_CRASH_LOOP, SERVER_RESTARTED, WAITING_FOR_GPU,
+                   UNSCHEDULABLE):
         if reason in found:
             return found[reason]
     return None
@@ -123,6 +129,11 @@ def _fetch_problem(spec: InferenceSpec, pod: Mapping[str, Any]) -> Problem | Non
         if failed:
             return Problem(MODEL_FETCH_FAILED, f"Fetching model {spec.model.uri} failed: {failed}")
     return None
+
+
+def _optimize_problem(pod: Mapping[str, Any]) -> Problem | None:
+    found = optimization.problem(pod)
+    return Problem(*found) if found else None
 
 
 def _server_problem(spec: InferenceSpec, pod: Mapping[str, Any]) -> Problem | None:
@@ -165,6 +176,8 @@ def loading(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]]) -> str | Non
         for status in _get(pod, "status", "initContainerStatuses", default=[]) or []:
             if status.get("name") == "fetch" and _running(status):
                 return f"Fetching the model from {spec.model.uri}"
+            if status.get("name") == OPTIMIZE_CONTAINER and _running(status) and spec.optimization:
+                return f"Optimizing the model ({spec.optimization.method}) and measuring it beside the original"
         for status in _get(pod, "status", "containerStatuses", default=[]) or []:
             if _running(status) and not status.get("ready"):
                 return f"Loading and warming up the model {spec.model.name}"
@@ -281,7 +294,16 @@ def desired_conditions(spec: InferenceSpec, observed: Observed) -> list[Conditio
     rollout = _Rollout.of(spec, observed.deployment)
     problem = pod_problem(spec, observed.pods) or _deployment_problem(observed.deployment)
     busy = loading(spec, observed.pods)
-    return [_ready(spec, rollout, problem, busy), _progressing(spec, rollout), _degraded(problem)]
+    wanted = [_ready(spec, rollout, problem, busy), _progressing(spec, rollout), _degraded(problem)]
+    if spec.optimization is not None:
+        wanted.append(_optimized(spec, observed.pods))
+    return wanted
+
+
+def _optimized(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]]) -> Condition:
+    """With spec.optimization: what the pods serve, and why (``optimization_status``)."""
+    reported, failed = optimization.reported(pods), optimization.problem_of(pods)
+    return Condition(optimization.CONDITION, *optimization.condition(spec, reported, failed))
 
 
 def _serving(spec: InferenceSpec, rollout: _Rollout) -> str:
@@ -357,6 +379,9 @@ def compute_status(inputs: StatusInputs, previous: Mapping[str, Any], now: dt.da
         status["autoscaling"] = _autoscaling_text(spec)
     if inputs.certificate_not_after is not None:
         status["certificateNotAfter"] = _timestamp(inputs.certificate_not_after)
+    optimized = optimization.reported(inputs.observed.pods) if spec is not None and spec.optimization else None
+    if optimized is not None:
+        status["optimization"] = optimized
     status["conditions"] = merge_conditions(
         previous.get("conditions") or [], _wanted_conditions(inputs), inputs.generation, now)
     return status

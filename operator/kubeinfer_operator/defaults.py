@@ -1,4 +1,5 @@
-"""The defaults of the InferenceDeployment spec and the bounds of its integers, each written once (pure).
+"""The defaults of the InferenceDeployment and InferenceBatchJob specs and the bounds of their integers,
+each written once (pure).
 
 ``spec.parse`` applies them (so a spec admitted under an older CRD gets them
 too). ``DEFAULTS`` lists every default by its path under ``spec`` as the CRD
@@ -18,6 +19,10 @@ DEFAULT_GPU_RESOURCE_NAME = "nvidia.com/gpu"
 DEFAULT_ENGINE = "HPA"
 DEFAULT_TLS_MODE = "Server"
 DEFAULT_ACCESS_LOG_SAMPLE_RATE = 1.0
+# spec.optimization: the gates of kubeinfer-server optimize (its own defaults: a contract test holds them equal).
+DEFAULT_MAX_DEGRADATION = 0.01
+DEFAULT_MIN_SPEEDUP = 1.0
+DEFAULT_ON_REJECT = "ServeOriginal"
 # Not in the CRD: spec.replicas must stay unset there, or it would clash with spec.autoscaling.
 DEFAULT_REPLICAS = 1
 
@@ -56,7 +61,24 @@ INTEGER_FIELDS: Mapping[str, IntegerField] = MappingProxyType({f.path: f for f i
     IntegerField("autoscaling.scaleDownStabilizationSeconds", 300, 0, 3600),
     # No default here: the operator's settings give it (Settings.certificate_duration_seconds).
     IntegerField("tls.certificateDurationSeconds", None, 3600, 315_360_000),
+    IntegerField("optimization.calibration.samples", 256, 1, 100_000),
 )})
+
+# The InferenceBatchJob's integers, by their path under its spec.
+BATCH_INTEGER_FIELDS: Mapping[str, IntegerField] = MappingProxyType({f.path: f for f in (
+    IntegerField("parallelism", 1, 1, 1000),
+    IntegerField("batchSize", 0, 0, 1_000_000),
+    IntegerField("maxFailedRows", 0, 0, 1_000_000_000),
+    IntegerField("backoffLimitPerIndex", 2, 0, 100),
+)})
+BATCH_DEFAULTS: Mapping[str, object] = MappingProxyType({
+    "runtime.executionProviders": DEFAULT_EXECUTION_PROVIDERS,
+    "resources": DEFAULT_RESOURCES,
+    "gpu.resourceName": DEFAULT_GPU_RESOURCE_NAME,
+    "output.format": "Parquet",
+    "suspend": False,
+    **{path: f.default for path, f in BATCH_INTEGER_FIELDS.items()},
+})
 
 DEFAULTS: Mapping[str, object] = MappingProxyType({
     "replicas": DEFAULT_REPLICAS,
@@ -66,5 +88,8 @@ DEFAULTS: Mapping[str, object] = MappingProxyType({
     "autoscaling.engine": DEFAULT_ENGINE,
     "tls.mode": DEFAULT_TLS_MODE,
     "runtime.accessLogSampleRate": DEFAULT_ACCESS_LOG_SAMPLE_RATE,
+    "optimization.maxDegradation": DEFAULT_MAX_DEGRADATION,
+    "optimization.minSpeedup": DEFAULT_MIN_SPEEDUP,
+    "optimization.onReject": DEFAULT_ON_REJECT,
     **{path: f.default for path, f in INTEGER_FIELDS.items() if f.default is not None},
 })

@@ -1,35 +1,41 @@
-"""kopf wiring: thin handlers that call ``reconcile`` and translate its errors.
+"""kopf wiring: thin handlers that call a kind's reconcile and translate its errors.
 
-- create/update/resume of an InferenceDeployment: reconcile it;
+Two controllers, each a ``Controller`` (its kind, its pods' app label, its
+children, its reconcile): InferenceDeployment (``reconcile``) and
+InferenceBatchJob (``batchreconcile``). For each:
+
+- create/update/resume of an object: reconcile it;
 - every ``resync_seconds``, one operator-wide loop reconciles every watched
-  InferenceDeployment again (drift backstop, certificate renewal). Not a kopf
+  object again (drift backstop, certificate renewal). Not a kopf
   timer: kopf puts a finalizer on every object that has a timer, and a
   finalizer left behind by an uninstalled operator blocks namespace deletion;
-- any event on a child or a server pod: reconcile the parent, so a deleted or
+- any event on a child or one of its pods: reconcile the parent, so a deleted or
   edited child is put back and the status follows the pods. Bursts of child
   events for one parent coalesce into one pending reconcile.
 
-One lock per InferenceDeployment keeps reconciles of the same object serial.
-Each reconcile is counted and timed in the operator's own metrics
+One lock per object keeps reconciles of the same object serial.
+Each InferenceDeployment reconcile is counted and timed in the operator's own metrics
 (``opmetrics``); a deleted InferenceDeployment's series are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
 from kubeinfer_operator import kinds, naming, opmetrics
+from kubeinfer_operator.batchreconcile import reconcile_batch
 from kubeinfer_operator.kube import ApiError, Kube
 from kubeinfer_operator.opmetrics import OperatorMetrics
-from kubeinfer_operator.reconcile import InvalidSpec, MissingDependency, reconcile
+from kubeinfer_operator.reconcile import Emit, InvalidSpec, MissingDependency, reconcile
 from kubeinfer_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,17 +43,47 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 5
 WAIT_SECONDS = 30
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
-# (group, version, plural) of what kopf watches for us: the children and the server pods.
-WATCHED_CHILDREN = tuple((k.group, k.version, k.plural) for k in (*kinds.CHILDREN, kinds.POD))
+
+
+@dataclasses.dataclass(frozen=True)
+class Controller:
+    """One kind the operator reconciles: what it watches and how one object is reconciled."""
+
+    kind: kinds.Kind
+    app: str  # app.kubernetes.io/name of its pods (and of the Jobs a CronJob makes)
+    children: tuple[kinds.Kind, ...]
+    reconcile: Callable[[Kube, Mapping[str, Any], Settings, dt.datetime, Emit], dt.datetime | None]
+    counted: bool = False  # its reconciles are counted and timed in the operator's metrics
+
+    @property
+    def watched(self) -> tuple[tuple[str, str, str], ...]:
+        """(group, version, plural) of what kopf watches for it: its children and their pods."""
+        return tuple((k.group, k.version, k.plural) for k in (*self.children, kinds.POD))
+
+    def parent_of(self, body: Mapping[str, Any]) -> str | None:
+        """The name of the object of this kind that a child or pod belongs to, or None."""
+        for ref in body["metadata"].get("ownerReferences") or []:
+            if ref.get("kind") == self.kind.kind and ref.get("apiVersion", "").startswith(naming.GROUP + "/"):
+                return str(ref["name"])
+        labels = body["metadata"].get("labels") or {}
+        if labels.get("app.kubernetes.io/name") == self.app:
+            return labels.get("app.kubernetes.io/instance")
+        return None
+
+
+SERVING = Controller(kinds.INFERENCE_DEPLOYMENT, naming.SERVER_APP, kinds.CHILDREN, reconcile, counted=True)
+BATCH = Controller(kinds.INFERENCE_BATCH_JOB, naming.BATCH_APP, kinds.BATCH_CHILDREN, reconcile_batch)
 
 
 class Reconciler:
-    """Runs ``reconcile`` for one parent at a time, with kopf's events and errors."""
+    """Runs a controller's reconcile for one parent at a time, with kopf's events and errors."""
 
-    def __init__(self, kube: Kube, settings: Settings, metrics: OperatorMetrics | None = None) -> None:
+    def __init__(self, kube: Kube, settings: Settings, metrics: OperatorMetrics | None = None,
+                 controller: Controller = SERVING) -> None:
         self.kube = kube
         self.settings = settings
         self.metrics = metrics or OperatorMetrics()
+        self.controller = controller
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._pending: set[tuple[str, str]] = set()
@@ -68,7 +104,7 @@ class Reconciler:
         with self._lock((namespace, name)):
             started, result, expiry = time.monotonic(), opmetrics.ERROR, None
             try:
-                expiry = reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.UTC), emit)
+                expiry = self.controller.reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.UTC), emit)
                 result = opmetrics.OK
             except InvalidSpec:
                 result = opmetrics.INVALID_SPEC
@@ -77,13 +113,15 @@ class Reconciler:
                 result = opmetrics.MISSING_DEPENDENCY
                 raise
             finally:
-                self.metrics.reconciled(namespace, name, result, time.monotonic() - started, expiry)
+                if self.controller.counted:
+                    self.metrics.reconciled(namespace, name, result, time.monotonic() - started, expiry)
 
     def run_by_name(self, namespace: str, name: str) -> None:
         """Reconcile the current version of a parent, if it still exists."""
         with self._guard:
             self._pending.discard((namespace, name))
-        parent = self.kube.get(naming.API_VERSION, naming.KIND, namespace, name)
+        kind = self.controller.kind
+        parent = self.kube.get(kind.api_version, kind.kind, namespace, name)
         if parent is None or parent["metadata"].get("deletionTimestamp"):
             return
         try:
@@ -100,19 +138,25 @@ class Reconciler:
             return True
 
 
-async def resync_forever(reconciler: Reconciler) -> None:
-    """Every resync interval, reconcile each InferenceDeployment the operator watches."""
+async def resync_forever(reconcilers: tuple[Reconciler, ...]) -> None:
+    """Every resync interval, reconcile each object of every kind the operator watches."""
+    settings = reconcilers[0].settings
     while True:
-        await asyncio.sleep(reconciler.settings.resync_seconds)
-        for namespace in reconciler.settings.namespaces or ("",):
-            try:
-                parents = await asyncio.to_thread(
-                    reconciler.kube.list, naming.API_VERSION, naming.KIND, namespace, "")
-            except ApiError as exc:
-                log.warning("Resync could not list InferenceDeployments in %s: %s", namespace or "all namespaces", exc)
-                continue
-            for parent in parents:
-                await _resync_one(reconciler, parent["metadata"]["namespace"], parent["metadata"]["name"])
+        await asyncio.sleep(settings.resync_seconds)
+        for reconciler in reconcilers:
+            await _resync_kind(reconciler)
+
+
+async def _resync_kind(reconciler: Reconciler) -> None:
+    kind = reconciler.controller.kind
+    for namespace in reconciler.settings.namespaces or ("",):
+        try:
+            parents = await asyncio.to_thread(reconciler.kube.list, kind.api_version, kind.kind, namespace, "")
+        except ApiError as exc:
+            log.warning("Resync could not list %s in %s: %s", kind.plural, namespace or "all namespaces", exc)
+            continue
+        for parent in parents:
+            await _resync_one(reconciler, parent["metadata"]["namespace"], parent["metadata"]["name"])
 
 
 async def _resync_one(reconciler: Reconciler, namespace: str, name: str) -> None:
@@ -121,26 +165,34 @@ async def _resync_one(reconciler: Reconciler, namespace: str, name: str) -> None
     try:
         await asyncio.to_thread(reconciler.run_by_name, namespace, name)
     except ApiError as exc:
-        log.warning("Resync of InferenceDeployment %s/%s failed: %s", namespace, name, exc)
+        log.warning("Resync of %s %s/%s failed: %s", reconciler.controller.kind.kind, namespace, name, exc)
 
 
-def _parent_of(body: Mapping[str, Any]) -> str | None:
-    for ref in body["metadata"].get("ownerReferences") or []:
-        if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP + "/"):
-            return str(ref["name"])
-    if body.get("kind") == kinds.POD.kind:
-        return (body["metadata"].get("labels") or {}).get("app.kubernetes.io/instance")
-    return None
-
-
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
-    """Registers every handler of the operator into ``registry``."""
-    parent = kinds.INFERENCE_DEPLOYMENT
-    resource: dict[str, Any] = dict(group=parent.group, version=parent.version, plural=parent.plural, registry=registry)
+def register(registry: kopf.OperatorRegistry, *reconcilers: Reconciler) -> None:
+    """Registers every handler of the operator into ``registry``: the shared ones, then each kind's."""
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
         return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+        memo.resync_task = asyncio.create_task(resync_forever(reconcilers))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+        task = getattr(memo, "resync_task", None)
+        if task is not None:
+            task.cancel()
+
+    for reconciler in reconcilers:
+        _register_kind(registry, reconciler)
+
+
+def _register_kind(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    controller = reconciler.controller
+    parent = controller.kind
+    resource: dict[str, Any] = dict(group=parent.group, version=parent.version, plural=parent.plural, registry=registry)
 
     @kopf.on.create(**resource)
     @kopf.on.update(**resource)
@@ -155,25 +207,17 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         except ApiError as exc:
             raise kopf.TemporaryError(f"API server refused a request: {exc}", delay=RETRY_SECONDS) from exc
 
-    @kopf.on.event(**resource)
-    def parent_event(body: kopf.Body, namespace: str | None, name: str | None, **kwargs: Any) -> None:
-        if kwargs.get("type") == "DELETED" and namespace and name:  # no finalizer: an event, not on.delete
-            reconciler.metrics.forget(namespace, name)
+    if controller.counted:
+        @kopf.on.event(**resource)
+        def parent_event(body: kopf.Body, namespace: str | None, name: str | None, **kwargs: Any) -> None:
+            if kwargs.get("type") == "DELETED" and namespace and name:  # no finalizer: an event, not on.delete
+                reconciler.metrics.forget(namespace, name)
 
-    @kopf.on.startup(registry=registry)
-    async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-        memo.resync_task = asyncio.create_task(resync_forever(reconciler))
-
-    @kopf.on.cleanup(registry=registry)
-    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-        task = getattr(memo, "resync_task", None)
-        if task is not None:
-            task.cancel()
-
-    for group, version, plural in WATCHED_CHILDREN:
-        @kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)
+    for group, version, plural in controller.watched:
+        @kopf.on.event(group, version, plural, labels=MANAGED, registry=registry,
+                       id=f"{parent.plural}-{plural}")
         async def child_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-            owner = _parent_of(body)
+            owner = controller.parent_of(body)
             if owner is None or namespace is None or not reconciler.claim(namespace, owner):
                 return
             await asyncio.to_thread(reconciler.run_by_name, namespace, owner)

@@ -42,8 +42,13 @@ SERVICE = Kind("v1", "Service", "services")
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
 HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+INFERENCE_BATCH_JOB = Kind(naming.API_VERSION, naming.BATCH_KIND, naming.BATCH_PLURAL)
+JOB = Kind("batch/v1", "Job", "jobs")
+CRON_JOB = Kind("batch/v1", "CronJob", "cronjobs")
 
 # What the operator creates, in apply order (Secrets before the pods mount them).
 CHILDREN = (SECRET, CONFIG_MAP, SERVICE, DEPLOYMENT, HPA, PDB)
+# What the operator creates for an InferenceBatchJob: a Job, or a CronJob that makes them.
+BATCH_CHILDREN = (JOB, CRON_JOB)
 # Every kind the operator talks to the API about.
-ALL = (INFERENCE_DEPLOYMENT, POD, *CHILDREN)
+ALL = (INFERENCE_DEPLOYMENT, INFERENCE_BATCH_JOB, POD, *CHILDREN, *BATCH_CHILDREN)

@@ -107,8 +107,8 @@ class Kube:
     def apply_status(self, parent: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
         meta = parent["metadata"]
         body = {
-            "apiVersion": naming.API_VERSION,
-            "kind": naming.KIND,
+            "apiVersion": parent.get("apiVersion") or naming.API_VERSION,
+            "kind": parent.get("kind") or naming.KIND,
             "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
             "status": dict(status),
         }

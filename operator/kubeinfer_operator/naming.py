@@ -13,10 +13,13 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "InferenceDeployment"
 PLURAL = "inferencedeployments"
+BATCH_KIND = "InferenceBatchJob"
+BATCH_PLURAL = "inferencebatchjobs"
 FIELD_MANAGER = "kubeinfer"
 HANDOVER_MANAGER = "kubeinfer-handover-to-hpa"
 MANAGED_BY = "kubeinfer"
 SERVER_APP = "kubeinfer-server"
+BATCH_APP = "kubeinfer-batch"
 
 HTTP_PORT = 8000
 GRPC_PORT = 8001
@@ -104,13 +107,31 @@ def headless_endpoint(name: str, namespace: str) -> str:
     return f"{headless_service_name(name)}.{namespace}.svc:{GRPC_PORT}"
 
 
-def owner_reference(parent: Mapping[str, object]) -> dict[str, object]:
-    """The controller owner reference to ``parent`` (an InferenceDeployment body)."""
+def batch_selector_labels(name: str) -> dict[str, str]:
+    """The labels of an InferenceBatchJob's Jobs, CronJob and pods (apart from the server pods' by name)."""
+    return {"app.kubernetes.io/name": BATCH_APP, "app.kubernetes.io/instance": name}
+
+
+def batch_labels(name: str) -> dict[str, str]:
+    return {**batch_selector_labels(name), "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def batch_selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in batch_labels(name).items())
+
+
+def batch_job_name(name: str) -> str:
+    """The Job of a one-off InferenceBatchJob, and the CronJob of a scheduled one."""
+    return name
+
+
+def owner_reference(parent: Mapping[str, object], kind: str = KIND) -> dict[str, object]:
+    """The controller owner reference to ``parent`` (an InferenceDeployment body, or one of ``kind``)."""
     meta = parent["metadata"]
     assert isinstance(meta, Mapping)
     return {
         "apiVersion": API_VERSION,
-        "kind": KIND,
+        "kind": kind,
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kubeinfer_operator import builders, conditions, drift, kinds, naming
+from kubeinfer_operator import builders, conditions, drift, kinds, naming, optimization_status
 from kubeinfer_operator.certificate_plan import TlsMaterial, plan_certificates
 from kubeinfer_operator.conditions import Problem, StatusInputs
 from kubeinfer_operator.kube import Kube
@@ -59,25 +59,32 @@ def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt
     for what in material.issued if material else ():
         emit("Normal", "CertificateIssued", f"Issued {what} for {namespace}/{name}")
     desired = [drift.stamp(o) for o in builders.desired_children(spec, material, naming.owner_reference(parent))]
-    _apply_all(kube, desired, live, emit)
-    _prune(kube, desired, live, emit)
+    apply_all(kube, desired, live, emit)
+    prune(kube, desired, live, emit)
     _write_status(kube, parent, _status_inputs(parent, live, spec, material=material), now, emit)
     return material.server.cert.not_valid_after_utc if material else None
 
 
 def _observe(kube: Kube, namespace: str, name: str, uid: str) -> dict[Key, dict[str, Any]]:
     """Our children (controller reference to this parent) and the server pods, by (kind, name)."""
-    found: dict[Key, dict[str, Any]] = {}
-    for kind in kinds.CHILDREN:
-        for obj in kube.list(kind.api_version, kind.kind, namespace, naming.children_selector(name)):
-            if _owned_by(obj, uid):
-                found[(kind.kind, obj["metadata"]["name"])] = obj
+    found = controlled_children(kube, kinds.CHILDREN, namespace, naming.children_selector(name), uid)
     for pod in kube.list(kinds.POD.api_version, kinds.POD.kind, namespace, naming.selector_string(name)):
         found[(kinds.POD.kind, pod["metadata"]["name"])] = pod
     return found
 
 
-def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+def controlled_children(kube: Kube, of_kinds: Sequence[kinds.Kind], namespace: str, selector: str,
+                        uid: str) -> dict[Key, dict[str, Any]]:
+    """The objects of these kinds that ``selector`` finds and the object ``uid`` controls, by (kind, name)."""
+    found: dict[Key, dict[str, Any]] = {}
+    for kind in of_kinds:
+        for obj in kube.list(kind.api_version, kind.kind, namespace, selector):
+            if controlled_by(obj, uid):
+                found[(kind.kind, obj["metadata"]["name"])] = obj
+    return found
+
+
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
     refs = obj["metadata"].get("ownerReferences") or []
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
@@ -99,7 +106,7 @@ def _external_ca(kube: Kube, spec: InferenceSpec) -> bytes | None:
     return base64.b64decode(secret["data"]["ca.crt"])
 
 
-def _apply_all(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, Any]], emit: Emit) -> None:
+def apply_all(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, Any]], emit: Emit) -> None:
     for obj in desired:
         key = (obj["kind"], obj["metadata"]["name"])
         current = live.get(key)
@@ -149,7 +156,7 @@ def _taken(kube: Kube, obj: Mapping[str, Any], emit: Emit) -> bool:
     return bool(others)
 
 
-def _prune(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, Any]], emit: Emit) -> None:
+def prune(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, Any]], emit: Emit) -> None:
     wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
     for key, obj in list(live.items()):
         if key[0] == kinds.POD.kind or key in wanted:
@@ -186,7 +193,7 @@ def _write_status(kube: Kube, parent: Mapping[str, Any], inputs: StatusInputs, n
 
 
 def _announce(previous: Mapping[str, Any], status: Mapping[str, Any], emit: Emit) -> None:
-    """An Event when Degraded starts or changes reason, and when Ready turns True."""
+    """An Event when Degraded starts or changes reason, when Ready turns True, and when an optimization decides."""
     before = {c["type"]: c for c in previous.get("conditions") or []}
     for condition in status["conditions"]:
         old = before.get(condition["type"], {})
@@ -196,3 +203,5 @@ def _announce(previous: Mapping[str, Any], status: Mapping[str, Any], emit: Emit
             emit("Warning", condition["reason"], condition["message"])
         elif condition["type"] == "Ready" and condition["status"] == "True":
             emit("Normal", condition["reason"], condition["message"])
+    for kind, reason, message in optimization_status.events(previous.get("optimization"), status.get("optimization")):
+        emit(kind, reason, message)

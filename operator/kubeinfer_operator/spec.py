@@ -18,10 +18,14 @@ from kubeinfer_operator.defaults import (
     DEFAULT_ENGINE,
     DEFAULT_EXECUTION_PROVIDERS,
     DEFAULT_GPU_RESOURCE_NAME,
+    DEFAULT_MAX_DEGRADATION,
+    DEFAULT_MIN_SPEEDUP,
+    DEFAULT_ON_REJECT,
     DEFAULT_REPLICAS,
     DEFAULT_RESOURCES,
     DEFAULT_TLS_MODE,
     INTEGER_FIELDS,
+    IntegerField,
 )
 from kubeinfer_operator.naming import SELECTOR_LABEL_KEYS
 from kubeinfer_operator.settings import Settings
@@ -31,6 +35,11 @@ TLS_MODES = ("Mutual", "Server", "Disabled")
 ENGINES = ("HPA",)
 RESOURCE_KEYS = ("cpu", "memory", "ephemeral-storage")
 PVC_SCHEME = "pvc://"
+OPTIMIZATION_METHODS = ("Dynamic", "Static", "Float16", "Prune", "Auto")
+VALIDATION_METRICS = ("Top1", "Agreement", "Mse", "Cosine")
+ON_REJECT = ("ServeOriginal", "Fail")
+GPU_PROVIDERS = ("TensorRT", "CUDA")
+MAX_DEGRADATION_LIMIT, MIN_SPEEDUP_LIMIT = 1e6, 1000.0  # the CRD's maximums
 
 
 class SpecError(ValueError):
@@ -136,6 +145,35 @@ class PodSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class Calibration:
+    uri: str
+    samples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    uri: str
+    label_column: str | None
+    metric: str | None  # None: kubeinfer-server optimize's own (Top1 with a label column, else Agreement)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimization:
+    """spec.optimization: what the pod's optimize init step makes of the fetched model, and its gates."""
+
+    method: str
+    calibration: Calibration | None
+    validation: Validation | None
+    max_degradation: float
+    min_speedup: float
+    on_reject: str
+
+    @property
+    def fail_on_reject(self) -> bool:
+        return self.on_reject == "Fail"
+
+
+@dataclasses.dataclass(frozen=True)
 class InferenceSpec:
     """Everything the builders need, for one InferenceDeployment."""
 
@@ -153,6 +191,7 @@ class InferenceSpec:
     autoscaling: Autoscaling | None
     tls: Tls
     pod: PodSettings = PodSettings()
+    optimization: Optimization | None = None
 
     @property
     def desired_replicas(self) -> int:
@@ -173,11 +212,13 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings
         raise SpecError("spec must be an object")
     if spec.get("replicas") is not None and spec.get("autoscaling") is not None:
         raise SpecError("spec.replicas and spec.autoscaling must not both be set")
+    model = parse_model(name, get_object(spec, "model"))
+    runtime = parse_runtime(get_object(spec, "runtime"), settings)
     return InferenceSpec(
         name=name,
         namespace=namespace,
-        model=parse_model(name, get_object(spec, "model")),
-        runtime=parse_runtime(get_object(spec, "runtime"), settings),
+        model=model,
+        runtime=runtime,
         batching=_batching(get_object(spec, "batching")),
         resources=parse_resources(spec.get("resources")),
         gpu=parse_gpu(spec.get("gpu")),
@@ -188,6 +229,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings
         autoscaling=_autoscaling(spec.get("autoscaling")),
         tls=_tls(get_object(spec, "tls"), settings),
         pod=parse_pod(spec),
+        optimization=parse_optimization(spec.get("optimization"), model, runtime),
     )
 
 
@@ -228,6 +270,79 @@ def _sample_rate(raw: Mapping[str, Any]) -> float:
     value = raw.get("accessLogSampleRate", DEFAULT_ACCESS_LOG_SAMPLE_RATE)
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise SpecError("runtime.accessLogSampleRate must be a number from 0 to 1")
+    return float(value)
+
+
+def parse_optimization(raw: Any, model: Model, runtime: Runtime) -> Optimization | None:
+    """spec.optimization, checked against the model (fetched, not a claim) and the providers."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SpecError("optimization must be an object")
+    optimization = Optimization(
+        method=_choice(raw, "optimization.method", OPTIMIZATION_METHODS, None),
+        calibration=_calibration(raw.get("calibration")),
+        validation=_validation(raw.get("validation")),
+        max_degradation=_number(raw, "maxDegradation", DEFAULT_MAX_DEGRADATION, MAX_DEGRADATION_LIMIT),
+        min_speedup=_number(raw, "minSpeedup", DEFAULT_MIN_SPEEDUP, MIN_SPEEDUP_LIMIT),
+        on_reject=_choice(raw, "optimization.onReject", ON_REJECT, DEFAULT_ON_REJECT),
+    )
+    for problem in _optimization_problems(optimization, model, runtime):
+        raise SpecError(problem)
+    return optimization
+
+
+def _optimization_problems(optimization: Optimization, model: Model, runtime: Runtime) -> list[str]:
+    """The cross-field rules of spec.optimization (the CRD's CEL rules say the same)."""
+    method, validation = optimization.method, optimization.validation
+    checks = [
+        (model.pvc is not None, "optimization needs a fetched model.uri, not pvc:// (the claim is mounted read-only)"),
+        (method == "Static" and (optimization.calibration is None or validation is None),
+         "optimization.method Static needs optimization.calibration and optimization.validation"),
+        (method == "Prune" and validation is None, "optimization.method Prune needs optimization.validation"),
+        (method == "Float16" and not set(GPU_PROVIDERS) & set(runtime.execution_providers),
+         "optimization.method Float16 needs a GPU provider (CUDA or TensorRT) in runtime.executionProviders"),
+        (validation is not None and validation.metric == "Top1" and not validation.label_column,
+         "optimization.validation.metric Top1 needs optimization.validation.labelColumn"),
+    ]
+    return [message for failed, message in checks if failed]
+
+
+def _calibration(raw: Any) -> Calibration | None:
+    if raw is None:
+        return None
+    return Calibration(uri=_data_uri(raw, "optimization.calibration"),
+                       samples=get_int(raw, "optimization.calibration.samples"))
+
+
+def _validation(raw: Any) -> Validation | None:
+    if raw is None:
+        return None
+    return Validation(uri=_data_uri(raw, "optimization.validation"), label_column=raw.get("labelColumn") or None,
+                      metric=_choice(raw, "optimization.validation.metric", VALIDATION_METRICS, None, required=False))
+
+
+def _data_uri(raw: Any, path: str) -> str:
+    uri = raw.get("uri") if isinstance(raw, Mapping) else None
+    if not isinstance(uri, str) or "://" not in uri or uri.startswith(PVC_SCHEME):
+        raise SpecError(f"{path}.uri must be a URI the optimize step reads, such as s3://bucket/rows.parquet")
+    return uri
+
+
+def _choice(raw: Mapping[str, Any], path: str, choices: tuple[str, ...], default: str | None,
+            required: bool = True) -> Any:
+    value = raw.get(path.rpartition(".")[2], default)
+    if value is None and not required:
+        return None
+    if value not in choices:
+        raise SpecError(f"{path} must be one of {', '.join(choices)}")
+    return value
+
+
+def _number(raw: Mapping[str, Any], key: str, default: float, high: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high:
+        raise SpecError(f"optimization.{key} must be a number from 0 to {high:g}")
     return float(value)
 
 
@@ -345,17 +460,19 @@ def get_list(raw: Mapping[str, Any], key: str) -> Sequence[Any]:
     return value
 
 
-def get_int(raw: Mapping[str, Any], path: str, default: int | None = None) -> int:
+def get_int(raw: Mapping[str, Any], path: str, default: int | None = None,
+            fields: Mapping[str, IntegerField] = INTEGER_FIELDS) -> int:
     """The integer field ``path`` of ``raw`` (its object), or its default; bounds checked."""
-    value = get_optional_int(raw, path, default)
+    value = get_optional_int(raw, path, default, fields)
     if value is None:
         raise SpecError(f"{path} must be set")
     return value
 
 
-def get_optional_int(raw: Mapping[str, Any], path: str, default: int | None = None) -> int | None:
-    """Like ``_int``, but None when the field is unset and has no default."""
-    field = INTEGER_FIELDS[path]
+def get_optional_int(raw: Mapping[str, Any], path: str, default: int | None = None,
+                     fields: Mapping[str, IntegerField] = INTEGER_FIELDS) -> int | None:
+    """Like ``get_int``, but None when the field is unset and has no default."""
+    field = fields[path]
     value = raw.get(field.key)
     if value is None:
         value = field.default if default is None else default

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from kubeinfer_server.accesslog import AccessLog, Call
 from kubeinfer_server.execution import Ran
 from kubeinfer_server.metrics import Metrics, ModelMetrics
+from kubeinfer_server.provenance import Provenance
 from kubeinfer_server.stats import ModelStats
 
 UNKNOWN_MODEL = "unknown"  # the metrics' model label of a request for a model not served here
@@ -51,8 +52,9 @@ class Accounting:
         self.access_log = access_log
         self.models: dict[str, ModelAccount] = {}
 
-    def open(self, model: str, providers: str, instances: int) -> ModelAccount:
-        account = ModelAccount(self.metrics.model(model, providers, instances))
+    def open(self, model: str, providers: str, instances: int, provenance: Provenance) -> ModelAccount:
+        account = ModelAccount(self.metrics.model(model, providers, instances, provenance.sha256,
+                                                  provenance.optimization_method))
         self.models[model] = account
         return account
 

@@ -22,6 +22,7 @@ terminal, a JSON line every few seconds otherwise.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import queue
@@ -47,6 +48,7 @@ PROBE_SECONDS = 0.2
 PROGRESS_EVERY_S = 5.0
 QUEUE_DEPTH = 4  # batches in flight between two stages
 TERMINATION_LOG = "/dev/termination-log"
+DATE_PLACEHOLDER = "{date}"
 FIRST_BAD_ROWS_SHOWN = 3
 
 
@@ -104,6 +106,11 @@ class Summary:
     shards: int = 1
     arguments: dict = field(default_factory=dict)
     success_written: bool = False
+
+
+def dated(uri: str, date: dt.date) -> str:
+    """``uri`` with ``{date}`` as YYYY-MM-DD: a scheduled job's run names its input and output by its day."""
+    return uri.replace(DATE_PLACEHOLDER, date.isoformat())
 
 
 def run(settings: BatchSettings, progress: Progress | None = None) -> Summary:

@@ -1,5 +1,5 @@
-"""``kubeinfer-server``: ``serve`` models over OIP v2 gRPC and REST, ``fetch`` a model file, or
-score a dataset offline with ``batch``.
+"""``kubeinfer-server``: ``serve`` models over OIP v2 gRPC and REST, ``fetch`` a model file,
+score a dataset offline with ``batch``, or size a pod with ``tune``.
 
 Every ``serve`` flag also reads an environment variable, ``KUBEINFER_<FLAG>``
 (the flag wins), so the operator can configure pods through env vars; the
@@ -9,6 +9,7 @@ table of them is ``settings.SERVE_FLAGS``.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import sys
@@ -93,6 +94,8 @@ def _batch_parser(sub, env: Mapping[str, str]) -> None:
     p.add_argument("--providers", type=_converter(SERVE_FLAGS_BY_NAME["providers"]), default=("cpu",))
     p.add_argument("--intra-op-threads", type=int, default=0)
     p.add_argument("--sha256", help="the model's expected sha256")
+    p.add_argument("--date", type=_iso_date, default=None, metavar="YYYY-MM-DD",
+                   help="what {date} in --input and --output stands for (default: today, UTC)")
     p.add_argument("--log-level", default=env.get("KUBEINFER_LOG_LEVEL", "INFO"))
 
 
@@ -131,7 +134,22 @@ def _optimize_parser(sub, env: Mapping[str, str]) -> None:
     p.add_argument("--accept-unvalidated", action="store_true",
                    help="keep a candidate whose accuracy was not measured (no --validation)")
     p.add_argument("--allow-cpu-float16", action="store_true", help="run float16 on CPU providers anyway")
+    p.add_argument("--in-place", action="store_true",
+                   help="MODEL_OUT may be MODEL_IN: replaced only when the candidate is kept (a pod's init step)")
+    p.add_argument("--exit-zero-on-reject", action="store_true",
+                   help="exit 0 when the candidate is not kept (MODEL_OUT untouched; the report says why)")
+    p.add_argument("--termination-log", metavar="PATH",
+                   help="write the compact report here when the file exists (default: /dev/termination-log)")
     p.add_argument("--log-level", default=env.get("KUBEINFER_LOG_LEVEL", "INFO"))
+
+
+def _tune_parser(sub, env: Mapping[str, str]) -> None:
+    from kubeinfer_server import tune_cli
+
+    p = sub.add_parser("tune", help="measure server configurations under a p99 bound and size a pod "
+                                     "(exit 0 found, 3 none met the bound)")
+    p.set_defaults(command_parser=p)
+    tune_cli.add_arguments(p, env)
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -142,6 +160,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     _fetch_parser(sub, env)
     _batch_parser(sub, env)
     _optimize_parser(sub, env)
+    _tune_parser(sub, env)
     return parser
 
 
@@ -163,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         return _batch(command_parser, args, os.environ)
     if args.command == "optimize":
         return _optimize(command_parser, args)
+    if args.command == "tune":
+        from kubeinfer_server import tune_cli
+
+        return tune_cli.command(command_parser, args)
     try:
         settings = serve_settings(args)
         loop_name, run_on_loop = eventloop.runner(settings.event_loop)
@@ -194,13 +217,22 @@ def _serve_workers(parser, settings, count: int, run_on_loop) -> int:
 
 
 def _batch(parser, args, env: Mapping[str, str]) -> int:
-    from kubeinfer_server.batchrun import BatchFailed, BatchSettings, BatchUsageError, run, write_termination_message
+    from kubeinfer_server.batchrun import (
+        BatchFailed,
+        BatchSettings,
+        BatchUsageError,
+        dated,
+        run,
+        write_termination_message,
+    )
 
     summary, error = None, None
     try:
         shard = args.shard if args.shard is not None else int(env.get("JOB_COMPLETION_INDEX", "0"))
+        date = args.date or dt.datetime.now(dt.UTC).date()
         settings = BatchSettings(
-            model=args.model, input=args.input, output=args.output, input_format=args.input_format,
+            model=args.model, input=dated(args.input, date), output=dated(args.output, date),
+            input_format=args.input_format,
             output_format=args.output_format, input_columns=_input_columns(args.input_columns),
             id_column=args.id_column, batch_size=args.batch_size, shard=shard, shards=args.shards,
             max_failed_rows=args.max_failed_rows, overwrite=args.overwrite, providers=args.providers,
@@ -221,36 +253,63 @@ def _batch(parser, args, env: Mapping[str, str]) -> int:
 
 
 def _optimize(parser, args) -> int:
+    from kubeinfer_server.optimize import OptimizeFailed, OptimizeUsageError
+    from kubeinfer_server.optimize import write_termination_message as write
+    from kubeinfer_server.optimize_report import error_message, table, termination_message
+
+    log_path = {"path": args.termination_log} if args.termination_log else {}
+    try:
+        result = _optimize_run(args)
+    except OptimizeUsageError as exc:
+        write(error_message(f"usage: {exc}"), **log_path)
+        parser.error(str(exc))
+    except (OptimizeFailed, OSError) as exc:
+        write(error_message(str(exc)), **log_path)
+        log.error("Optimize failed: %s", exc)
+        return 1
+    write(termination_message(result), **log_path)
+    sys.stdout.write(table(result))
+    return 0 if result["written"] or args.exit_zero_on_reject else 3
+
+
+def _optimize_run(args) -> dict[str, Any]:
+    """The report of the run the parsed ``optimize`` command line asks for (written to --report too)."""
     import json
 
-    from kubeinfer_server.optimize import OptimizeFailed, OptimizeSettings, OptimizeUsageError, run
-    from kubeinfer_server.optimize_report import table
+    from kubeinfer_server.optimize import run
+
+    result = run(optimize_settings(args))
+    if args.report:
+        with open(args.report, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return result
+
+
+def optimize_settings(args: argparse.Namespace):
+    """The settings of a parsed ``optimize`` command line; OptimizeUsageError says what to fix."""
+    from kubeinfer_server.optimize import OptimizeSettings, OptimizeUsageError
 
     try:
         columns = _input_columns(args.input_columns)
     except ValueError as exc:
-        parser.error(str(exc))
+        raise OptimizeUsageError(str(exc)) from None
+    return OptimizeSettings(
+        model_in=args.model_in, model_out=args.model_out, method=args.method, calibration=args.calibration,
+        validation=args.validation, input_format=args.input_format,
+        input_columns=columns, label_column=args.label_column, metric=args.metric,
+        max_degradation=args.max_degradation, min_speedup=args.min_speedup, prune_sparsity=args.prune_sparsity,
+        batch_size=args.batch_size, calibration_method=args.calibration_method,
+        calibration_samples=args.calibration_samples, providers=args.providers,
+        intra_op_threads=args.intra_op_threads, measure_seconds=args.measure_seconds, report=args.report,
+        accept_unvalidated=args.accept_unvalidated, allow_cpu_float16=args.allow_cpu_float16,
+        in_place=args.in_place)
+
+
+def _iso_date(text: str) -> dt.date:
     try:
-        settings = OptimizeSettings(
-            model_in=args.model_in, model_out=args.model_out, method=args.method, calibration=args.calibration,
-            validation=args.validation, input_format=args.input_format,
-            input_columns=columns, label_column=args.label_column, metric=args.metric,
-            max_degradation=args.max_degradation, min_speedup=args.min_speedup, prune_sparsity=args.prune_sparsity,
-            batch_size=args.batch_size, calibration_method=args.calibration_method,
-            calibration_samples=args.calibration_samples, providers=args.providers,
-            intra_op_threads=args.intra_op_threads, measure_seconds=args.measure_seconds, report=args.report,
-            accept_unvalidated=args.accept_unvalidated, allow_cpu_float16=args.allow_cpu_float16)
-        result = run(settings)
-        if args.report:
-            with open(args.report, "w") as handle:
-                json.dump(result, handle, indent=2)
-    except OptimizeUsageError as exc:
-        parser.error(str(exc))
-    except (OptimizeFailed, OSError) as exc:
-        log.error("Optimize failed: %s", exc)
-        return 1
-    sys.stdout.write(table(result))
-    return 0 if result["written"] else 3
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--date takes YYYY-MM-DD, got {text!r}") from None
 
 
 def _input_columns(values: list[str]) -> dict[str, tuple[str, ...]]:

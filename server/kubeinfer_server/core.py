@@ -35,6 +35,7 @@ from kubeinfer_server.errors import ModelNotFound, NotReady
 from kubeinfer_server.execution import Executor, InstanceThreads, Ran
 from kubeinfer_server.inline import InlinePolicy
 from kubeinfer_server.model import Model, TensorSpec
+from kubeinfer_server.provenance import Provenance
 from kubeinfer_server.validation import Feeds, InputTensor, Signature
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,14 @@ class InferResult:
 
 
 class ServedModel:
-    """One model as the server serves it: signature, batcher, instance threads, accounting."""
+    """One model as the server serves it: signature, batcher, instance threads, accounting, and
+    which file it is (``provenance``: its sha256 and optimization method)."""
 
-    def __init__(self, model: Model, batching: BatchingConfig, account: ModelAccount) -> None:
+    def __init__(self, model: Model, batching: BatchingConfig, account: ModelAccount,
+                 provenance: Provenance) -> None:
         self.model = model
         self.name = model.name
+        self.provenance = provenance
         if not model.batchable and batching.max_batch_size:
             log.info("Model %s has a fixed first dimension: batching is off for it", model.name)
             batching = BatchingConfig(0, batching.max_queue_delay_us, (), batching.max_queue_size,

@@ -33,8 +33,15 @@ def model_metadata(served: ServedModel) -> dict[str, Any]:
         "platform": PLATFORM,
         "inputs": [_tensor(spec) for spec in model.inputs],
         "outputs": [_tensor(spec) for spec in model.outputs],
-        "parameters": {"execution_providers": ",".join(model.providers)},
+        "parameters": model_parameters(served),
     }
+
+
+def model_parameters(served: ServedModel) -> dict[str, str]:
+    """Which session and which file answer: the providers it got, the file's sha256 and how it was
+    optimized (``none``: not by ``kubeinfer-server optimize``), in ModelMetadata and ModelConfig."""
+    return {"execution_providers": ",".join(served.model.providers), "sha256": served.provenance.sha256,
+            "optimization_method": served.provenance.optimization_method}
 
 
 def model_config(served: ServedModel) -> dict[str, Any]:
@@ -50,7 +57,7 @@ def model_config(served: ServedModel) -> dict[str, Any]:
         "output": [_config_tensor(spec, batched) for spec in model.outputs],
         "instance_group": [{"name": served.name, "count": served.batching.instances,
                             "kind": "KIND_CPU" if on_cpu else "KIND_GPU"}],
-        "parameters": {"execution_providers": {"string_value": ",".join(model.providers)}},
+        "parameters": {k: {"string_value": v} for k, v in model_parameters(served).items()},
     }
     if batched:
         config["dynamic_batching"] = {

@@ -51,7 +51,10 @@ HISTOGRAMS = {  # ModelMetrics attribute -> (name, help, buckets)
     "batch_rows": ("kubeinfer_batch_size", "Rows in each executed batch.", BATCH_BUCKETS),
 }
 REQUESTS = ("kubeinfer_requests", "Inference requests answered, by gRPC status code and client identity.")
-MODEL_INFO = ("kubeinfer_model_info", "Served models and the execution providers their sessions got.")
+MODEL_INFO = ("kubeinfer_model_info", "Served models: the execution providers their sessions got, the sha256 of "
+              "the file loaded and how it was optimized (none: not by kubeinfer-server optimize).")
+# ModelMetrics attributes, in the order of kubeinfer_model_info's labels after ``model``.
+INFO_LABELS = ("providers", "instances", "sha256", "optimization_method")
 
 
 class Histogram:
@@ -82,14 +85,15 @@ class ModelMetrics:
     """One model's live values, updated in place on the request path; ``waiting`` is read
     from the model's queue (its batcher) when the values are read."""
 
-    __slots__ = ("model", "providers", "instances", "in_flight", "queue", *HISTOGRAMS)
+    __slots__ = ("model", *INFO_LABELS, "in_flight", "queue", *HISTOGRAMS)
     request_seconds: Histogram
     queue_seconds: Histogram
     compute_seconds: Histogram
     batch_rows: Histogram
 
-    def __init__(self, model: str, providers: str, instances: int) -> None:
+    def __init__(self, model: str, providers: str, instances: int, sha256: str, optimization_method: str) -> None:
         self.model, self.providers, self.instances = model, providers, instances
+        self.sha256, self.optimization_method = sha256, optimization_method
         self.in_flight = 0
         self.queue: Queue = _NoQueue()
         for attribute, (_, _, buckets) in HISTOGRAMS.items():
@@ -109,8 +113,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(Collector(lambda: [self.snapshot()]))
 
-    def model(self, name: str, providers: str, instances: int) -> ModelMetrics:
-        self.models[name] = ModelMetrics(name, providers, instances)
+    def model(self, name: str, providers: str, instances: int, sha256: str, optimization_method: str) -> ModelMetrics:
+        self.models[name] = ModelMetrics(name, providers, instances, sha256, optimization_method)
         return self.models[name]
 
     def count_request(self, model: str, code: str, client: str) -> None:
@@ -121,7 +125,7 @@ class Metrics:
         """The values as plain data (what a worker writes and the collector reads)."""
         return {
             "models": [
-                {"model": m.model, "providers": m.providers, "instances": m.instances,
+                {"model": m.model, **{label: getattr(m, label) for label in INFO_LABELS},
                  "gauges": {a: getattr(m, a) for a in GAUGES},
                  "histograms": {a: [list(getattr(m, a).counts), getattr(m, a).sum] for a in HISTOGRAMS}}
                 for m in self.models.values()
@@ -137,12 +141,12 @@ class _Totals:
     gauges: dict[str, dict[str, float]] = field(default_factory=lambda: {a: {} for a in GAUGES})
     histograms: dict[str, dict[str, list[Any]]] = field(default_factory=lambda: {a: {} for a in HISTOGRAMS})
     requests: dict[tuple[str, ...], float] = field(default_factory=dict)
-    info: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    info: dict[tuple[str, ...], float] = field(default_factory=dict)
 
     def add(self, snapshot: dict[str, Any], live: bool) -> None:
         for m in snapshot["models"]:
             name = m["model"]
-            self.info[(name, m["providers"], str(m["instances"]))] = 1.0
+            self.info[(name, *(str(m[label]) for label in INFO_LABELS))] = 1.0
             for attribute, value in m["gauges"].items():
                 gauge = self.gauges[attribute]
                 gauge[name] = gauge.get(name, 0) + (value if live else 0)
@@ -171,7 +175,7 @@ class Collector:
             yield _family(GaugeMetricFamily(name, documentation, labels=["model"]), by_model)
         yield _family(CounterMetricFamily(*REQUESTS, labels=["model", "code", "client"]), totals.requests.items())
         yield from _histogram_families(totals)
-        yield _family(GaugeMetricFamily(*MODEL_INFO, labels=["model", "providers", "instances"]), totals.info.items())
+        yield _family(GaugeMetricFamily(*MODEL_INFO, labels=["model", *INFO_LABELS]), totals.info.items())
 
 
 FamilyT = TypeVar("FamilyT", GaugeMetricFamily, CounterMetricFamily)

@@ -14,9 +14,16 @@
    providers and threads;
 4. decides (``optimize_report.decide``: degradation within the budget,
    speedup at least the minimum) and, when the chosen candidate is kept,
-   writes it to MODEL_OUT, whole (a rename), and nothing otherwise;
+   writes it to MODEL_OUT, whole (a rename), with its record beside it
+   (``provenance.write_record``: the method and both sha256, what the server
+   reports of the file it serves), and nothing otherwise;
 5. returns the report (the JSON written to ``--report`` and, as a table, to
-   stdout).
+   stdout; a compact copy, ``optimize_report.termination_message``, goes
+   where Kubernetes reads a container's last words).
+
+``--in-place`` lets MODEL_OUT be MODEL_IN: the init step of a pod replaces
+the fetched file only when the candidate is kept, and leaves it as fetched
+otherwise.
 
 Exit codes (the CLI's): 0 kept, 3 not kept (``Report.written`` false), 1
 ``OptimizeFailed`` (a model that does not load, a converter that fails, a file
@@ -26,6 +33,7 @@ not fit; nothing was computed).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -40,6 +48,8 @@ from typing import Any
 from kubeinfer_server import optimize_measure as measure
 from kubeinfer_server import optimize_methods as methods
 from kubeinfer_server import optimize_report as report
+from kubeinfer_server import provenance
+from kubeinfer_server.batchrun import TERMINATION_LOG
 from kubeinfer_server.errors import ModelLoadError
 from kubeinfer_server.fetch import file_sha256
 from kubeinfer_server.model import Model, ModelOptions, cgroup_cpu_limit
@@ -83,6 +93,7 @@ class OptimizeSettings:
     report: str | None = None
     accept_unvalidated: bool = False
     allow_cpu_float16: bool = False
+    in_place: bool = False  # MODEL_OUT may be MODEL_IN: replaced only when the candidate is kept
 
     def __post_init__(self) -> None:
         for problem in _problems(self):
@@ -99,7 +110,8 @@ def _problems(s: OptimizeSettings) -> list[str]:
     """What is wrong with the settings, first things first (before any file is opened)."""
     checks = [
         (s.method not in methods.METHOD_CHOICES, f"--method takes {', '.join(methods.METHOD_CHOICES)}"),
-        (_same_file(s.model_in, s.model_out), "MODEL_OUT is MODEL_IN: write the optimized model to another file"),
+        (not s.in_place and _same_file(s.model_in, s.model_out),
+         "MODEL_OUT is MODEL_IN: write the optimized model to another file, or give --in-place"),
         (s.metric is not None and s.metric not in report.METRICS, f"--metric takes {', '.join(report.METRICS)}"),
         (s.calibration_method not in methods.CALIBRATION_METHODS,
          f"--calibration-method takes {', '.join(methods.CALIBRATION_METHODS)}"),
@@ -152,6 +164,7 @@ def run(settings: OptimizeSettings) -> dict[str, Any]:
         result = _measure(settings, metric, original, made, validation, calibration)
         if result["written"]:
             _publish(next(c.path for c in made if c.method == result["method"]), settings.model_out)
+            _record(settings.model_out, result["method"], result["sha256_out"], sha_in)
     log.info("Optimize %s: %s, %s", settings.model_in, result["decision"], result["reason"])
     return {**result, "sha256_in": sha_in, "model_in": settings.model_in, "model_out": settings.model_out,
             "providers": list(original.model.providers),
@@ -320,6 +333,25 @@ def _compressed_size(path: str) -> int:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             size += len(compressor.compress(chunk))
     return size + len(compressor.flush())
+
+
+def _record(model_out: str, method: str, sha256: str, source_sha256: str) -> None:
+    try:
+        provenance.write_record(model_out.removeprefix("file://"), method, sha256, source_sha256)
+    except OSError as exc:
+        raise OptimizeFailed(f"cannot write the record beside MODEL_OUT {model_out!r}: {exc}") from None
+
+
+def write_termination_message(message: Mapping[str, Any], path: str = TERMINATION_LOG) -> None:
+    """``message`` (``optimize_report.termination_message``, or an error) where Kubernetes reads a
+    container's last words, when that file exists (in a pod)."""
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, "w") as handle:
+            handle.write(json.dumps(message))
+    except OSError as exc:
+        log.warning("Could not write the termination message %s: %s", path, exc)
 
 
 def _publish(source: str, dest: str) -> None:

@@ -9,6 +9,11 @@ terminal. The report's keys are a contract (ARCHITECTURE.md, the optimize
 CLI): ``decision``, ``reason``, ``baseline`` and ``candidate`` (each with
 ``metric``, ``p50_ms``, ``throughput``, ``bytes``), ``speedup``,
 ``degradation``, ``sha256_in``, ``sha256_out``.
+
+``termination_message`` is the report cut to what the operator puts in an
+InferenceDeployment's ``status.optimization`` (its field names): a
+container's termination message is capped at 4096 bytes, and the whole
+report is larger.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubeinfer_server.provenance import NOT_OPTIMIZED
+
 ACCEPTED, REJECTED, NOT_MEASURED = "accepted", "rejected", "not_measured"
+TERMINATION_MESSAGE_BYTES = 4096  # what the kubelet keeps of a termination message
+MESSAGE_TEXT_CHARS = 1500  # of a reason or an error: the rest of the message is bounded figures
 METRICS = ("top1", "agreement", "mse", "cosine")  # what the degradation is measured in (optimize_measure)
 
 
@@ -90,6 +99,36 @@ def side(metric: float | None, p50_ms: float, p99_ms: float, throughput: float, 
     """One model's figures as the report holds them (``baseline`` and each candidate start from this)."""
     return {"metric": metric, "p50_ms": round(p50_ms, 4), "p99_ms": round(p99_ms, 4),
             "throughput": round(throughput, 1), "bytes": size, "sha256": sha256}
+
+
+def termination_message(report: dict[str, Any]) -> dict[str, Any]:
+    """The decision, its reason, both sides' figures and what is served (the file's sha256, the method,
+    ``none`` for the original), in status.optimization's names; a few hundred bytes and the reason."""
+    written = report["written"]
+    candidate = report["candidate"]
+    return {
+        "decision": report["decision"], "reason": _clip(report["reason"]),
+        "method": report["method"] if written else NOT_OPTIMIZED,
+        "baseline": _compact(report["baseline"]),
+        "candidate": {"method": candidate["method"], **_compact(candidate)},
+        "servedSha256": report["sha256_out"] if written else report["sha256_in"],
+    }
+
+
+def error_message(error: str) -> dict[str, Any]:
+    """A run that took no decision (exit 1 or 2): what went wrong, for the termination message."""
+    return {"error": _clip(error)}
+
+
+def _compact(figures: dict[str, Any]) -> dict[str, Any]:
+    """One side's figures; a metric that is not a number (NaN outputs) as null, which JSON can carry."""
+    metric = figures["metric"]
+    return {"metric": metric if metric is None or math.isfinite(metric) else None, "p50Ms": figures["p50_ms"],
+            "throughput": figures["throughput"], "bytes": figures["bytes"]}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MESSAGE_TEXT_CHARS else text[:MESSAGE_TEXT_CHARS - 3] + "..."
 
 
 def _number(value: Any, digits: int = 4) -> str:

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from kubeinfer_server import fetch, metrics, metrics_http, protocol, rest
+from kubeinfer_server import fetch, metrics, metrics_http, protocol, provenance, rest
 from kubeinfer_server.accesslog import AccessLog, RotatingFile
 from kubeinfer_server.accounting import Accounting
 from kubeinfer_server.core import Repository, ServedModel
@@ -38,6 +38,7 @@ from kubeinfer_server.frontend import Frontend
 from kubeinfer_server.identity import Identity
 from kubeinfer_server.metrics import Metrics
 from kubeinfer_server.model import Model
+from kubeinfer_server.provenance import Provenance
 from kubeinfer_server.servicer import InferenceServicer, register
 from kubeinfer_server.settings import ModelSource, ServeSettings
 from kubeinfer_server.tls import rest_ssl_context, server_credentials
@@ -150,10 +151,11 @@ class Server:
         if runner is not None:
             await runner.cleanup()
 
-    def _load_models(self) -> list[Model]:
-        """Load and warm up every model (in a thread: it takes seconds to minutes). A model
-        given as a URI (s3://, http(s)://, ...) is fetched into a temporary directory first,
-        removed again once its sessions hold it."""
+    def _load_models(self) -> list[tuple[Model, Provenance]]:
+        """Load and warm up every model (in a thread: it takes seconds to minutes), with the
+        sha256 of the file loaded and how it was optimized. A model given as a URI (s3://,
+        http(s)://, ...) is fetched into a temporary directory first, removed again once its
+        sessions hold it."""
         models = []
         with tempfile.TemporaryDirectory(prefix="kubeinfer-models-") as scratch:
             for index, source in enumerate(self.settings.models):
@@ -165,21 +167,32 @@ class Server:
                         raise
                     raise ModelLoadError(f"model {source.name} from {source.path}: {exc}") from None
                 model.warm_up()
-                models.append(model)
+                models.append((model, _provenance(source, path)))
         return models
 
-    def _serve_models(self, models: list[Model]) -> None:
+    def _serve_models(self, models: list[tuple[Model, Provenance]]) -> None:
         """Put the loaded models in the repository, on the event loop that reads it."""
         instances = self.settings.batching.instances
-        for model in models:
-            account = self.accounting.open(model.name, ",".join(model.providers), instances)
-            self.repository.models[model.name] = ServedModel(model, self.settings.batching, account)
+        for model, origin in models:
+            account = self.accounting.open(model.name, ",".join(model.providers), instances, origin)
+            self.repository.models[model.name] = ServedModel(model, self.settings.batching, account, origin)
 
     async def _set_health(self, status) -> None:
         await self.health.set("", status)
         await self.health.set(protocol.SERVICE_NAME, status)
         for source in self.settings.models:
             await self.health.set(source.name, status)
+
+
+def _provenance(source: ModelSource, path: str) -> Provenance:
+    """The loaded file's sha256 and optimization method; a file that loaded but cannot be read
+    again (gone in between) is a ModelLoadError naming the model."""
+    try:
+        origin = provenance.of_file(path)
+    except OSError as exc:
+        raise ModelLoadError(f"model {source.name}: cannot read {path}: {exc.strerror or exc}") from None
+    log.info("Model %s: sha256 %s, optimization %s", source.name, origin.sha256, origin.optimization_method)
+    return origin
 
 
 def _model_file(source: ModelSource, index: int, scratch: str) -> str:

@@ -10,7 +10,7 @@ Covers:
 - RBAC: no wildcards anywhere; cluster-wide mode is one ClusterRole; namespaced
   mode grants namespaced verbs only through Roles in the watched namespaces and
   keeps the ClusterRole to list/watch of Namespaces and CRDs; every kind the
-  operator applies or watches (kinds.CHILDREN, handlers.WATCHED_CHILDREN)
+  operator applies or watches (each controller's children and watched kinds, handlers.SERVING and BATCH)
   has exactly the verbs its code uses; rbac.create / serviceAccount.create off;
 - PodMonitor only when monitoring.coreos.com/v1 is served; the prometheus-adapter
   rule names the metric the HPAs ask for (naming.QUEUE_DEPTH_METRIC);
@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from chart.chartkit import CHART, REPO, of_kind, rbac_denials, value_args
-from kubeinfer_operator import handlers, kinds, naming, settings
+from kubeinfer_operator import handlers, naming, settings
 
 LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
           "app.kubernetes.io/managed-by", "app.kubernetes.io/component", "helm.sh/chart")
@@ -173,13 +173,15 @@ def test_rbac_has_no_wildcards(render):
 def expected_namespaced_grants() -> dict[tuple[str, str], set[str]]:
     """What the operator's code calls, derived from the code's own tables."""
     expected: dict[tuple[str, str], set[str]] = {}
-    for kind in kinds.CHILDREN:  # observe, apply (create), check names, prune
-        expected[(kind.group, kind.plural)] = set(CHILD_VERBS)
-    for group, _version, plural in handlers.WATCHED_CHILDREN:  # kopf watches these
-        expected.setdefault((group, plural), set()).update({"list", "watch"})
-    expected[(naming.GROUP, naming.PLURAL)] = {"get", "list", "watch", "patch"}
-    expected[(naming.GROUP, f"{naming.PLURAL}/status")] = {"patch"}
-    expected[(naming.GROUP, f"{naming.PLURAL}/finalizers")] = {"update"}
+    for controller in (handlers.SERVING, handlers.BATCH):
+        for kind in controller.children:  # observe, apply (create), check names, prune
+            expected[(kind.group, kind.plural)] = set(CHILD_VERBS)
+        for group, _version, plural in controller.watched:  # kopf watches these
+            expected.setdefault((group, plural), set()).update({"list", "watch"})
+        parent = controller.kind.plural
+        expected[(naming.GROUP, parent)] = {"get", "list", "watch", "patch"}
+        expected[(naming.GROUP, f"{parent}/status")] = {"patch"}
+        expected[(naming.GROUP, f"{parent}/finalizers")] = {"update"}
     expected[("", "events")] = {"create"}
     return expected
 

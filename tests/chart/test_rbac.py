@@ -183,7 +183,11 @@ def test_cluster_wide_operator_under_chart_rbac(cluster, install, namespace):
 
     # What the operator never does, its ServiceAccount cannot do either.
     assert can_i(cluster, sa, "create", "deployments.apps", namespace)
-    for verb, resource in [("create", "pods"), ("delete", "pods"), ("update", "secrets"),
+    for verb, resource in [("create", "jobs.batch"), ("delete", "cronjobs.batch"),
+                           ("patch", "inferencebatchjobs.kubeinfer.io")]:
+        assert can_i(cluster, sa, verb, resource, namespace), f"{sa} may not {verb} {resource}"
+    for verb, resource in [("create", "pods"), ("create", "inferencebatchjobs.kubeinfer.io"),
+                           ("delete", "pods"), ("update", "secrets"),
                            ("update", "deployments.apps"), ("create", "roles.rbac.authorization.k8s.io"),
                            ("create", "clusterroles.rbac.authorization.k8s.io"), ("get", "nodes"),
                            ("create", "namespaces"), ("delete", "inferencedeployments.kubeinfer.io"),

@@ -101,8 +101,9 @@ def installed(cluster, stack, tmp_path_factory):
                          lambda: operator_pod(cluster, install), timeout=90)
         yield install
     finally:
-        cluster.kubectl("delete", "infd", "--all", "-n", install.apps, "--wait=true",
-                        "--timeout=60s", check=False, timeout=90)
+        for kind in ("infd", "ibj"):
+            cluster.kubectl("delete", kind, "--all", "-n", install.apps, "--wait=true",
+                            "--timeout=60s", check=False, timeout=90)
         cluster.helm("uninstall", install.release, "--namespace", install.namespace, check=False)
         for ns in (install.apps, install.namespace):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -19,6 +19,7 @@ import pytest
 
 from devkit.ports import free_port
 from devkit.processes import spawn, terminate
+from kubeinfer_operator import batchspec
 from kubeinfer_operator import spec as specmod
 from kubeinfer_operator.settings import Settings
 
@@ -42,15 +43,17 @@ def make_spec(settings: Settings):
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "kubeinfer.io_inferencedeployments.yaml"
+BATCH_CRD_FILE = REPO / "crds" / "kubeinfer.io_inferencebatchjobs.yaml"
 OPERATOR = Path(sys.executable).parent / "kubeinfer-operator"
 
 
 @pytest.fixture(scope="session")
 def crd(cluster):
-    """The InferenceDeployment CRD, applied with the project's kubectl and Established."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    """Both CRDs (InferenceDeployment, InferenceBatchJob), applied with the project's kubectl and Established."""
+    for path in (CRD_FILE, BATCH_CRD_FILE):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/inferencedeployments.kubeinfer.io")
+                    "crd/inferencedeployments.kubeinfer.io", "crd/inferencebatchjobs.kubeinfer.io")
     return CRD_FILE
 
 
@@ -191,4 +194,27 @@ def infd(name: str, **spec) -> dict:
 @pytest.fixture
 def make_infd():
     return infd
+
+
+def ibj(name: str, **spec) -> dict:
+    """An InferenceBatchJob with small requests."""
+    spec.setdefault("model", {"uri": "s3://models/fraud/3/model.onnx"})
+    spec.setdefault("input", {"uri": "s3://data/in/"})
+    spec.setdefault("output", {"uri": "s3://data/out/"})
+    spec.setdefault("resources", {"requests": {"cpu": "10m", "memory": "16Mi"}})
+    return {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceBatchJob",
+            "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.fixture
+def make_ibj():
+    return ibj
+
+
+@pytest.fixture
+def make_batch_spec(settings: Settings):
+    def make(name: str = "scores", namespace: str = "ml", **spec: Any) -> batchspec.BatchSpec:
+        return batchspec.parse(name, namespace, ibj(name, **spec)["spec"], settings)
+
+    return make
 

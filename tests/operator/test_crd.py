@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from support.crdschema import undocumented_and_unbounded, walk
+
 CRD = Path(__file__).resolve().parents[2] / "crds" / "kubeinfer.io_inferencedeployments.yaml"
 
 
@@ -27,16 +29,6 @@ def _version():
 
 def _spec_schema():
     return _version()["schema"]["openAPIV3Schema"]["properties"]["spec"]
-
-
-def _walk(schema, path="spec"):
-    yield path, schema
-    for name, child in (schema.get("properties") or {}).items():
-        yield from _walk(child, f"{path}.{name}")
-    if "items" in schema:
-        yield from _walk(schema["items"], f"{path}[]")
-    if isinstance(schema.get("additionalProperties"), dict):
-        yield from _walk(schema["additionalProperties"], f"{path}{{}}")
 
 
 def test_names_and_scope():
@@ -65,26 +57,7 @@ def test_subresources_and_columns():
 
 
 def test_every_spec_field_is_documented_and_bounded():
-    undocumented, unbounded = [], []
-    for path, schema in _walk(_spec_schema()):
-        if schema.get("x-kubernetes-preserve-unknown-fields"):
-            continue
-        if "description" not in schema and not path.endswith(("[]", "{}")):
-            undocumented.append(path)
-        kind = schema.get("type") or ("int-or-string" if schema.get("x-kubernetes-int-or-string") else None)
-        bounded = {
-            "integer": "minimum" in schema and "maximum" in schema,
-            "number": "minimum" in schema and "maximum" in schema,
-            "string": "maxLength" in schema or "enum" in schema,
-            "int-or-string": "maxLength" in schema and "pattern" in schema,
-            "array": "maxItems" in schema,
-            "object": "properties" in schema or "maxProperties" in schema,
-            "boolean": True,
-        }.get(kind, False)
-        if not bounded:
-            unbounded.append(path)
-    assert undocumented == []
-    assert unbounded == []
+    assert undocumented_and_unbounded(_spec_schema()) == ([], [])
 
 
 def test_contract_field_names_exist():
@@ -118,7 +91,7 @@ def test_defaults():
 
 def _rules():
     found = {}
-    for path, schema in _walk(_spec_schema()):
+    for path, schema in walk(_spec_schema()):
         for rule in schema.get("x-kubernetes-validations") or []:
             found[rule["rule"]] = (path, rule["message"])
     return found

@@ -94,8 +94,10 @@ def _attribute(spec: Any, path: str) -> Any:
 
 @pytest.mark.parametrize("path", sorted(set(DEFAULTS) - OPERATOR_ONLY - {"autoscaling.engine"}))
 def test_parse_applies_each_default(make_spec, path):
-    # gpu and autoscaling are absent by default: name them with only what they require.
-    spec = make_spec(gpu={"count": 1}, autoscaling={"maxReplicas": 3})
+    # gpu, autoscaling and optimization are absent by default: name them with only what they require.
+    rows = {"uri": "s3://data/rows.parquet"}
+    spec = make_spec(gpu={"count": 1}, autoscaling={"maxReplicas": 3},
+                     optimization={"method": "Static", "calibration": rows, "validation": rows})
     assert _as_json(_attribute(spec, path)) == _as_json(DEFAULTS[path])
 
 

@@ -16,7 +16,8 @@ Covers:
 - sharding: three shards (``--shard``, and ``JOB_COMPLETION_INDEX``) together
   equal one run, and only the last one writes ``_SUCCESS``;
 - memory stays flat: a dataset several times larger than the growth allowed;
-- the termination message carries the shard's counts.
+- the termination message carries the shard's counts;
+- ``{date}`` in ``--input`` and ``--output`` is ``--date`` (default: today, UTC).
 """
 
 from __future__ import annotations
@@ -318,6 +319,20 @@ def test_termination_message_carries_the_counts(tmp_path):
     assert json.loads(path.read_text()) == {"error": "2 bad rows, more than --max-failed-rows 0"}
     write_termination_message(None, "no file, no message", str(tmp_path / "absent"))
     assert not (tmp_path / "absent").exists()
+
+
+def test_date_in_the_input_and_output_uris(model, tmp_path):
+    x = features(40)
+    day = tmp_path / "in" / "2026-12-01"
+    day.mkdir(parents=True)
+    parquet_input(day / "a.parquet", x)
+    done = batch("--model", model, "--input", str(tmp_path / "in" / "{date}"), "--output",
+                 str(tmp_path / "out" / "{date}"), "--id-column", "txn", "--date", "2026-12-01")
+    assert done.returncode == 0, done.stderr
+    assert_scores(read_parts(tmp_path / "out" / "2026-12-01"), np.arange(40) + 1000, expected(model, x))
+    bad = batch("--model", model, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
+                "--date", "yesterday")
+    assert bad.returncode == 2 and "--date takes YYYY-MM-DD, got 'yesterday'" in bad.stderr, bad.stderr
 
 
 def test_cli_help_lists_batch():

@@ -33,6 +33,7 @@ from tritonclient.utils import InferenceServerException
 
 from devkit.models import ONNX_TYPES, fixed_shape, identity_all_types, linear, slow
 from kubeinfer_server import tensors
+from kubeinfer_server.fetch import file_sha256
 from support.serverproc import ServerProcess
 
 
@@ -336,7 +337,7 @@ def test_grpc_health_http_probes_and_reflection(server):
     assert urllib.request.urlopen(f"{server.metrics_url}/readyz", timeout=5).status == 200
 
 
-def test_metric_names_are_the_autoscaling_contract(client, server):
+def test_metric_names_are_the_autoscaling_contract(client, server, models):
     client.infer("linear", [_input("x", np.ones((1, 4), np.float32), "FP32")])
     text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=5).read().decode()
     for line in ('kubeinfer_queue_depth{model="linear"}', 'kubeinfer_queue_waiting{model="linear"}',
@@ -345,6 +346,7 @@ def test_metric_names_are_the_autoscaling_contract(client, server):
                  'kubeinfer_queue_duration_seconds_count{model="linear"}',
                  'kubeinfer_compute_duration_seconds_count{model="linear"}',
                  'kubeinfer_batch_size_count{model="linear"}',
-                 'kubeinfer_model_info{instances="1",model="linear",providers="CPUExecutionProvider"} 1.0'):
+                 'kubeinfer_model_info{instances="1",model="linear",optimization_method="none",'
+                 f'providers="CPUExecutionProvider",sha256="{file_sha256(models["linear"])}"}} 1.0'):
         assert line in text, line
     assert 'code="INVALID_ARGUMENT"' in text

@@ -75,20 +75,20 @@ one the operator's code calls; tests/chart/test_rbac.py runs the real operator
 under exactly these rules.
 */}}
 {{- define "kubeinfer.namespacedRules" -}}
-# The custom resource: kopf lists and watches it, the reconciler reads the
+# The custom resources: kopf lists and watches them, the reconcilers read the
 # current version, kopf patches its progress annotations and finalizer.
 - apiGroups: [kubeinfer.io]
-  resources: [inferencedeployments]
+  resources: [inferencedeployments, inferencebatchjobs]
   verbs: [get, list, watch, patch]
 # Status is written by server-side apply (PATCH) to the status subresource.
 - apiGroups: [kubeinfer.io]
-  resources: [inferencedeployments/status]
+  resources: [inferencedeployments/status, inferencebatchjobs/status]
   verbs: [patch]
 # Children carry ownerReferences with blockOwnerDeletion: true; where the
 # OwnerReferencesPermissionEnforcement admission plugin is on, that needs update
 # on the owner's finalizers subresource.
 - apiGroups: [kubeinfer.io]
-  resources: [inferencedeployments/finalizers]
+  resources: [inferencedeployments/finalizers, inferencebatchjobs/finalizers]
   verbs: [update]
 # Children: server-side apply (patch; create when the object is new), get to
 # check a name is not another controller's, list and watch to observe them,
@@ -105,11 +105,15 @@ under exactly these rules.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
-# Server pods are only read, for readiness in the status.
+# An InferenceBatchJob's Job or CronJob; the Jobs a CronJob makes are only read.
+- apiGroups: [batch]
+  resources: [jobs, cronjobs]
+  verbs: [get, list, watch, create, patch, delete]
+# Server and batch pods are only read, for readiness and counts in the status.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# Events about InferenceDeployments (the reconciler's and kopf's own).
+# Events about InferenceDeployments and InferenceBatchJobs (the reconcilers' and kopf's own).
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

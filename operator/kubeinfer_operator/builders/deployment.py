@@ -2,7 +2,8 @@
 
 Follows docs/server-contract.md: env-configured ``kubeinfer-server serve``,
 REST on 8000, gRPC on 8001, metrics and health on 8002, TLS files in /etc/kubeinfer/tls/,
-models in /models/<name>/, terminationGracePeriodSeconds = shutdown delay (5) + drain grace + 15.
+models in /models/<name>/ (fetched, then optimized in place with spec.optimization),
+terminationGracePeriodSeconds = shutdown delay (5) + drain grace + 15.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from kubeinfer_operator import naming
 from kubeinfer_operator.builders import podparts
 from kubeinfer_operator.builders.meta import child_metadata
+from kubeinfer_operator.builders.optimize import optimize_container
 from kubeinfer_operator.spec import InferenceSpec
 
 TLS_DIR = "/etc/kubeinfer/tls"
@@ -60,7 +62,7 @@ def _pod_template(spec: InferenceSpec) -> dict[str, Any]:
         "volumes": _volumes(spec),
     }
     if spec.model.pvc_claim is None:
-        pod["initContainers"] = [podparts.fetch_container(spec.model, spec.runtime, spec.pod, model_path(spec))]
+        pod["initContainers"] = _init_containers(spec)
     pod.update(podparts.scheduling_fields(spec.node_selector, spec.tolerations, spec.affinity, spec.gpu))
     pod.update(podparts.platform_fields(spec.pod, naming.selector_labels(spec.name)))
     return {
@@ -68,6 +70,14 @@ def _pod_template(spec: InferenceSpec) -> dict[str, Any]:
                      "annotations": {**spec.pod.annotations, **PROMETHEUS_ANNOTATIONS}},
         "spec": pod,
     }
+
+
+def _init_containers(spec: InferenceSpec) -> list[dict[str, Any]]:
+    """The fetch, then (spec.optimization) the optimize step on the fetched file."""
+    steps = [podparts.fetch_container(spec.model, spec.runtime, spec.pod, model_path(spec))]
+    if spec.optimization is not None:
+        steps.append(optimize_container(spec, model_path(spec)))
+    return steps
 
 
 def _grace_period_seconds(spec: InferenceSpec) -> int:

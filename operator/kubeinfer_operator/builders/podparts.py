@@ -75,7 +75,11 @@ def with_pull_policy(container: dict[str, Any], runtime: Runtime) -> dict[str, A
 
 def store_credentials(model: Model) -> dict[str, Any]:
     """model.credentials.secretRef: the Secret's keys (AWS_ACCESS_KEY_ID, ...) as a container's environment."""
-    secret = model.credentials_secret
+    return secret_env(model.credentials_secret)
+
+
+def secret_env(secret: str | None) -> dict[str, Any]:
+    """A Secret's keys as a container's environment (envFrom); nothing without a Secret."""
     return {"envFrom": [{"secretRef": {"name": secret}}]} if secret else {}
 
 
