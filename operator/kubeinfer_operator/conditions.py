@@ -31,6 +31,7 @@ IMAGE_PULL_FAILED = "ImagePullFailed"
 SERVER_CRASH_LOOP = "ServerCrashLoop"
 INVALID_MODEL = "InvalidModel"
 LOADING_MODEL = "LoadingModel"
+PROVIDER_FALLBACK = "ProviderFallback"
 # How kubeinfer-server says that a model file does not load (docs/server-contract.md).
 INVALID_MODEL_MARKER = "is not a loadable ONNX model"
 SERVER_RESTARTED = "ServerRestarted"
@@ -48,6 +49,7 @@ class Observed:
 
     deployment: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
+    providers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # pod -> what its server runs on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,10 +296,24 @@ def desired_conditions(spec: InferenceSpec, observed: Observed) -> list[Conditio
     rollout = _Rollout.of(spec, observed.deployment)
     problem = pod_problem(spec, observed.pods) or _deployment_problem(observed.deployment)
     busy = loading(spec, observed.pods)
-    wanted = [_ready(spec, rollout, problem, busy), _progressing(spec, rollout), _degraded(problem)]
+    degraded = problem or provider_fallback(spec, observed.providers)  # serving, but not as asked
+    wanted = [_ready(spec, rollout, problem, busy), _progressing(spec, rollout), _degraded(degraded)]
     if spec.optimization is not None:
         wanted.append(_optimized(spec, observed.pods))
     return wanted
+
+
+def provider_fallback(spec: InferenceSpec, providers: Mapping[str, str]) -> Problem | None:
+    """A server that asked for a GPU provider first and runs on another (the CPU fallback)."""
+    asked = spec.runtime.execution_providers[0]
+    wanted = naming.ORT_PROVIDERS[asked]
+    for pod, served in sorted(providers.items()):
+        got = served.split(",")[0]
+        if got != wanted:
+            return Problem(PROVIDER_FALLBACK, f"Asked for {asked} first, but pod {pod} runs the model on {got} "
+                                              f"(providers: {served}): no {asked} in the server's onnxruntime "
+                                              "build or on its node; it serves, more slowly than asked")
+    return None
 
 
 def _optimized(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]]) -> Condition:

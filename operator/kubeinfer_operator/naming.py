@@ -27,6 +27,11 @@ METRICS_PORT = 8002
 QUEUE_DEPTH_METRIC = "kubeinfer_queue_depth"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
+# spec.runtime.executionProviders -> the ONNX Runtime provider the server reports in
+# kubeinfer_model_info{providers} (the server's model.PROVIDER_NAMES; a contract test holds them equal).
+ORT_PROVIDERS = {"TensorRT": "TensorrtExecutionProvider", "CUDA": "CUDAExecutionProvider",
+                 "CPU": "CPUExecutionProvider"}
+
 ROLE_LABEL = "kubeinfer.io/role"
 CLIENT_LABEL = "kubeinfer.io/client"
 

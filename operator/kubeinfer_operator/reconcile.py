@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kubeinfer_operator import builders, conditions, drift, kinds, naming, optimization_status
+from kubeinfer_operator import builders, conditions, drift, kinds, naming, optimization_status, podmetrics
 from kubeinfer_operator.certificate_plan import TlsMaterial, plan_certificates
 from kubeinfer_operator.conditions import Problem, StatusInputs
 from kubeinfer_operator.kube import Kube
@@ -175,9 +175,12 @@ def _status_inputs(
     meta = parent["metadata"]
     deployment = live.get((kinds.DEPLOYMENT.kind, naming.deployment_name(meta["name"])))
     pods = [obj for (kind, _), obj in live.items() if kind == kinds.POD.kind]
+    # Only a GPU provider asked first can fall back: then ask the ready servers what they got.
+    asks_gpu = spec is not None and spec.runtime.execution_providers[0] != "CPU"
+    providers = podmetrics.served_providers(pods, spec.model.name) if spec is not None and asks_gpu else {}
     return StatusInputs(
         name=meta["name"], namespace=meta["namespace"], generation=meta.get("generation", 1), spec=spec,
-        observed=conditions.Observed(deployment, pods), blocked=blocked,
+        observed=conditions.Observed(deployment, pods, providers), blocked=blocked,
         certificate_not_after=material.server.cert.not_valid_after_utc if material else None,
     )
 

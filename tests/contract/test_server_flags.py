@@ -8,7 +8,7 @@ the server would ignore; the server's own defaults equal the operator's, and
 so the CRD's (a pod started without a variable behaves as the spec's default
 says); the flag
 table in docs/server-contract.md lists exactly the server's flags and
-variables.
+variables; the operator's names of the ONNX Runtime providers are the server's.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ import pytest
 
 from kubeinfer_operator.builders.deployment import server_env
 from kubeinfer_operator.defaults import DEFAULTS
+from kubeinfer_operator.naming import ORT_PROVIDERS
 from kubeinfer_operator.settings import Settings
-from kubeinfer_operator.spec import parse
+from kubeinfer_operator.spec import PROVIDERS, parse
 from kubeinfer_server.batcher import BatchingConfig
 from kubeinfer_server.cli import build_parser, serve_settings
+from kubeinfer_server.model import PROVIDER_NAMES
 from kubeinfer_server.settings import SERVE_FLAGS, SERVE_FLAGS_BY_ENV, ServeSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,3 +103,8 @@ def test_the_contract_doc_lists_every_flag_and_variable():
     rows = re.findall(r"^\| `--([a-z-]+)[^|]*\| `(KUBEINFER_[A-Z_]+)`", CONTRACT_DOC.read_text(), re.M)
     documented = dict(rows)
     assert documented == {flag.name: flag.env for flag in SERVE_FLAGS}
+
+
+def test_the_operators_provider_names_are_the_servers():
+    assert set(ORT_PROVIDERS) == set(PROVIDERS)
+    assert {k.lower(): v for k, v in ORT_PROVIDERS.items()} == PROVIDER_NAMES

@@ -279,3 +279,15 @@ def test_missing_client_ca_blocks_with_its_own_reason(make_spec):
 def test_a_status_without_a_spec_must_say_what_blocks_it():
     with pytest.raises(ValueError, match="needs the problem that blocks it"):
         StatusInputs("fraud", "ml", 1, None)
+
+
+def test_a_gpu_provider_asked_and_cpu_served_is_degraded_but_ready(make_spec):
+    spec = make_spec(replicas=2, runtime={"executionProviders": ["CUDA", "CPU"]})
+    served = {"fraud-a": "CUDAExecutionProvider,CPUExecutionProvider", "fraud-b": "CPUExecutionProvider"}
+    conditions = _by_type(_status(spec, Observed(_deployment(), providers=served)))
+    assert conditions["Ready"][:2] == ("True", "Available")
+    status, reason, message = conditions["Degraded"]
+    assert (status, reason) == ("True", "ProviderFallback")
+    assert "Asked for CUDA first, but pod fraud-b runs the model on CPUExecutionProvider" in message
+    on_gpu = {"fraud-a": "CUDAExecutionProvider,CPUExecutionProvider"}
+    assert _by_type(_status(spec, Observed(_deployment(), providers=on_gpu)))["Degraded"][0] == "False"
