@@ -137,7 +137,10 @@ def deployed(cluster, installed, keys, current_crd):
     apply(cluster, optimized("impossible", ns, {
         "method": "Dynamic", "validation": {"uri": VALIDATION_URI, "labelColumn": "label"},
         "maxDegradation": 0, "minSpeedup": 100}))
-    return {name: ready(cluster, ns, name) for name in ("quantized", "impossible")}
+    yield {name: ready(cluster, ns, name) for name in ("quantized", "impossible")}
+    # The node is shared by the whole e2e session: free its CPU and memory for the next tests.
+    cluster.kubectl("delete", "infd", "quantized", "impossible", "-n", ns, "--wait=true", "--timeout=60s",
+                    check=False, timeout=90)
 
 
 def test_dynamic_quantization_is_served_and_said(cluster, installed, classifier, deployed):

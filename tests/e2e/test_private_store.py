@@ -58,12 +58,15 @@ def test_private_bucket_with_credentials_from_a_secret(cluster, stack, installed
         body = infd(name, ns, uri, replicas=1)
         body["spec"]["model"] = model
         apply(cluster, body)
-    cluster.wait_for("the private bucket's model served", lambda: condition(
-        cluster, ns, "private").get("status") == "True", timeout=180)
-    for name, (uri, _, _, error) in cases.items():
-        if error is None:
-            continue
-        found = cluster.wait_for(f"{name}: Ready=False ModelFetchFailed",
-                                 lambda n=name: fetch_failed(cluster, ns, n), timeout=180)
-        assert found["status"] == "False"
-        assert error in found["message"] and uri in found["message"], found["message"]
+    try:
+        cluster.wait_for("the private bucket's model served", lambda: condition(
+            cluster, ns, "private").get("status") == "True", timeout=180)
+        for name, (uri, _, _, error) in cases.items():
+            if error is None:
+                continue
+            found = cluster.wait_for(f"{name}: Ready=False ModelFetchFailed",
+                                     lambda n=name: fetch_failed(cluster, ns, n), timeout=180)
+            assert found["status"] == "False"
+            assert error in found["message"] and uri in found["message"], found["message"]
+    finally:  # the node is shared by the whole e2e session: free its CPU and memory for the next tests
+        cluster.kubectl("delete", "infd", *cases, "-n", ns, "--wait=true", "--timeout=60s", check=False, timeout=90)

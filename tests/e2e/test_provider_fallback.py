@@ -22,12 +22,15 @@ def test_asked_for_cuda_and_got_cpu(cluster, stack, installed):
     ns, name = installed.apps, "fallback"
     apply(cluster, infd(name, ns, stack.store.url("mlp.onnx"), replicas=1,
                         runtime={"executionProviders": ["CUDA", "CPU"]}))
-    cluster.wait_for("Ready", lambda: condition(cluster, ns, name).get("status") == "True", timeout=120)
-    degraded = cluster.wait_for("Degraded ProviderFallback", lambda: (
-        found if (found := condition(cluster, ns, name, "Degraded")).get("reason") == "ProviderFallback" else None),
-        timeout=60)
-    assert degraded["status"] == "True"
-    assert "Asked for CUDA first" in degraded["message"] and "CPUExecutionProvider" in degraded["message"]
-    events = get_json(cluster, "events", "-n", ns, "--field-selector",
-                      f"involvedObject.kind=InferenceDeployment,involvedObject.name={name}")["items"]
-    assert any(e["type"] == "Warning" and e["reason"] == "ProviderFallback" for e in events), events
+    try:
+        cluster.wait_for("Ready", lambda: condition(cluster, ns, name).get("status") == "True", timeout=120)
+        degraded = cluster.wait_for("Degraded ProviderFallback", lambda: (
+            found if (found := condition(cluster, ns, name, "Degraded")).get("reason") == "ProviderFallback"
+            else None), timeout=60)
+        assert degraded["status"] == "True"
+        assert "Asked for CUDA first" in degraded["message"] and "CPUExecutionProvider" in degraded["message"]
+        events = get_json(cluster, "events", "-n", ns, "--field-selector",
+                          f"involvedObject.kind=InferenceDeployment,involvedObject.name={name}")["items"]
+        assert any(e["type"] == "Warning" and e["reason"] == "ProviderFallback" for e in events), events
+    finally:  # the node is shared by the whole e2e session: free its CPU and memory for the next tests
+        cluster.kubectl("delete", "infd", name, "-n", ns, "--wait=true", "--timeout=60s", check=False, timeout=90)
