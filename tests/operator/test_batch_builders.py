@@ -109,3 +109,20 @@ def test_a_schedule_makes_a_cron_job_of_the_same_job(make_batch_spec):
     assert "suspend" not in job  # the CronJob's own suspend pauses the schedule
     assert job["completions"] == once["spec"]["completions"] == 2
     assert "s3://data/scores/{date}/" in job["template"]["spec"]["containers"][0]["args"]  # the CLI fills it in
+
+
+def _empty_maps(obj, path=""):
+    if isinstance(obj, dict):
+        found = [path] if not obj and path else []
+        return found + [p for k, v in obj.items() for p in _empty_maps(v, f"{path}.{k}")]
+    if isinstance(obj, list):
+        return [p for i, v in enumerate(obj) for p in _empty_maps(v, f"{path}[{i}]")]
+    return []
+
+
+def test_no_empty_map_that_the_api_server_would_drop(make_batch_spec):
+    # An empty map is dropped on admission; applied again and again, it would never match (a write loop).
+    # ``emptyDir: {}`` is a volume source, which the API server keeps.
+    for spec in (make_batch_spec(), make_batch_spec(schedule="@daily")):
+        dropped = [p for p in _empty_maps(build_batch_child(spec, OWNER)) if not p.endswith(".emptyDir")]
+        assert dropped == []

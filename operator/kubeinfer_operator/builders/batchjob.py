@@ -82,9 +82,10 @@ def _pod_template(spec: BatchSpec) -> dict[str, Any]:
     }
     pod.update(podparts.scheduling_fields(spec.node_selector, spec.tolerations, spec.affinity, spec.gpu))
     pod.update(podparts.platform_fields(spec.pod, naming.batch_selector_labels(spec.name)))
-    return {"metadata": {"labels": {**spec.pod.labels, **naming.batch_labels(spec.name)},
-                         "annotations": dict(spec.pod.annotations)},
-            "spec": pod}
+    metadata: dict[str, Any] = {"labels": {**spec.pod.labels, **naming.batch_labels(spec.name)}}
+    if spec.pod.annotations:  # the API server drops an empty map: applying one would never match (drift)
+        metadata["annotations"] = dict(spec.pod.annotations)
+    return {"metadata": metadata, "spec": pod}
 
 
 def _batch_container(spec: BatchSpec) -> dict[str, Any]:
