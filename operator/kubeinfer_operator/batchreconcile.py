@@ -22,7 +22,7 @@ from kubeinfer_operator.batchstatus import BatchObserved
 from kubeinfer_operator.builders.batchjob import build_batch_child
 from kubeinfer_operator.conditions import Problem
 from kubeinfer_operator.kube import ApiError, Kube
-from kubeinfer_operator.reconcile import Emit, InvalidSpec, Key, apply_all, controlled_by, controlled_children, prune
+from kubeinfer_operator.reconcile import Emit, InvalidSpec, Key, apply_all, controlled_children, prune
 from kubeinfer_operator.settings import Settings
 from kubeinfer_operator.spec import SpecError
 
@@ -40,7 +40,7 @@ def reconcile_batch(kube: Kube, parent: Mapping[str, Any], settings: Settings, n
     try:
         spec = batchspec.parse(name, namespace, parent.get("spec") or {}, settings)
     except SpecError as exc:
-        _write_status(kube, parent, None, _observe(kube, namespace, live), now, emit,
+        _write_status(kube, parent, None, _observe(kube, namespace, name, live), now, emit,
                       blocked=batchstatus.invalid(str(exc)))
         raise InvalidSpec(str(exc)) from exc
     desired = [drift.stamp(build_batch_child(spec, naming.owner_reference(parent, naming.BATCH_KIND)))]
@@ -56,16 +56,16 @@ def reconcile_batch(kube: Kube, parent: Mapping[str, Any], settings: Settings, n
         log.warning("Kept the %s of %s/%s as it was made (a Job's pod template is immutable): %s",
                     desired[0]["kind"], namespace, name, exc)
     prune(kube, desired, live, emit)
-    _write_status(kube, parent, spec, _observe(kube, namespace, live), now, emit)
+    _write_status(kube, parent, spec, _observe(kube, namespace, name, live), now, emit)
 
 
-def _observe(kube: Kube, namespace: str, live: Mapping[Key, dict[str, Any]]) -> BatchObserved:
+def _observe(kube: Kube, namespace: str, name: str, live: Mapping[Key, dict[str, Any]]) -> BatchObserved:
     child = next(iter(live.values()), None)
     if child is None:
         return BatchObserved()
     run: Mapping[str, Any] | None = child
     if child["kind"] == kinds.CRON_JOB.kind:
-        run = _latest_run(kube, namespace, child)
+        run = _latest_run(kube, namespace, name, child)
     if run is None:
         return BatchObserved(child=child)
     pods = kube.list(kinds.POD.api_version, kinds.POD.kind, namespace,
@@ -73,11 +73,10 @@ def _observe(kube: Kube, namespace: str, live: Mapping[Key, dict[str, Any]]) -> 
     return BatchObserved(child=child, run=run, pods=pods)
 
 
-def _latest_run(kube: Kube, namespace: str, cron_job: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The newest Job the CronJob made."""
-    selector = ",".join(f"{k}={v}" for k, v in cron_job["metadata"]["labels"].items())
-    runs = [j for j in kube.list(kinds.JOB.api_version, kinds.JOB.kind, namespace, selector)
-            if controlled_by(j, cron_job["metadata"]["uid"])]
+def _latest_run(kube: Kube, namespace: str, name: str, cron_job: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The newest Job the CronJob made (they carry its jobTemplate's labels: the InferenceBatchJob's)."""
+    runs = controlled_children(kube, (kinds.JOB,), namespace, naming.batch_selector_string(name),
+                               cron_job["metadata"]["uid"]).values()
     return max(runs, key=lambda j: j["metadata"]["creationTimestamp"], default=None)
 
 
