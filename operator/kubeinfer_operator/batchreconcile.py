@@ -22,7 +22,7 @@ from kubeinfer_operator.batchstatus import BatchObserved
 from kubeinfer_operator.builders.batchjob import build_batch_child
 from kubeinfer_operator.conditions import Problem
 from kubeinfer_operator.kube import ApiError, Kube
-from kubeinfer_operator.reconcile import Emit, InvalidSpec, Key, apply_all, controlled_children, prune
+from kubeinfer_operator.reconcile import Emit, InvalidSpec, Key, Outcome, apply_all, controlled_children, prune
 from kubeinfer_operator.settings import Settings
 from kubeinfer_operator.spec import SpecError
 
@@ -33,7 +33,7 @@ UNPROCESSABLE = 422
 
 
 def reconcile_batch(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt.datetime,
-                    emit: Emit) -> None:
+                    emit: Emit) -> Outcome:
     meta = parent["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     live = controlled_children(kube, kinds.BATCH_CHILDREN, namespace, naming.batch_selector_string(name), meta["uid"])
@@ -57,6 +57,7 @@ def reconcile_batch(kube: Kube, parent: Mapping[str, Any], settings: Settings, n
                     desired[0]["kind"], namespace, name, exc)
     prune(kube, desired, live, emit)
     _write_status(kube, parent, spec, _observe(kube, namespace, name, live), now, emit)
+    return Outcome()
 
 
 def _observe(kube: Kube, namespace: str, name: str, live: Mapping[Key, dict[str, Any]]) -> BatchObserved:

@@ -19,6 +19,7 @@ from typing import Any
 
 from kubeinfer_operator.batchspec import BatchSpec
 from kubeinfer_operator.builders.batchjob import CONTAINER
+from kubeinfer_operator.builders.podparts import FETCH_CONTAINER
 from kubeinfer_operator.conditions import Condition, Problem, merge_conditions
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
@@ -125,7 +126,7 @@ def _shard(pod: Mapping[str, Any]) -> Shard | None:
     """A finished pod's counts or error; None while it runs."""
     index = int(((pod.get("metadata") or {}).get("annotations") or {}).get(INDEX_ANNOTATION, "0"))
     status = pod.get("status") or {}
-    fetch = _terminated(status.get("initContainerStatuses"), "fetch")
+    fetch = _terminated(status.get("initContainerStatuses"), FETCH_CONTAINER)
     if fetch is not None and fetch.get("exitCode", 0) != 0:
         return Shard(index, False, error=f"fetching the model failed: {_last_line(fetch)}")
     terminated = _terminated(status.get("containerStatuses"), CONTAINER)

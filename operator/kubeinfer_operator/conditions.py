@@ -18,6 +18,7 @@ from typing import Any
 from kubeinfer_operator import naming
 from kubeinfer_operator import optimization_status as optimization
 from kubeinfer_operator.builders.optimize import OPTIMIZE_CONTAINER
+from kubeinfer_operator.builders.podparts import FETCH_CONTAINER
 from kubeinfer_operator.spec import InferenceSpec
 
 AVAILABLE = "Available"
@@ -50,6 +51,7 @@ class Observed:
     deployment: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
     providers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # pod -> what its server runs on
+    fetched: Mapping[str, str] = dataclasses.field(default_factory=dict)  # pod -> how far its fetch has come
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +121,7 @@ def pod_problem(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]]) -> Probl
 
 def _fetch_problem(spec: InferenceSpec, pod: Mapping[str, Any]) -> Problem | None:
     for status in _get(pod, "status", "initContainerStatuses", default=[]) or []:
-        if status.get("name") != "fetch":
+        if status.get("name") != FETCH_CONTAINER:
             continue
         waiting = _get(status, "state", "waiting", "reason")
         if waiting in IMAGE_PULL_REASONS:
@@ -170,14 +172,17 @@ def _invalid_model(spec: InferenceSpec, status: Mapping[str, Any]) -> Problem | 
     return None
 
 
-def loading(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """What a pod that does not serve yet is busy with: fetching the model, or loading it; else None."""
+def loading(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]],
+            fetched: Mapping[str, str] | None = None) -> str | None:
+    """What a pod that does not serve yet is busy with: fetching the model (how far, when ``fetched``
+    says for that pod), or loading it; else None."""
     for pod in pods:
         if _get(pod, "metadata", "deletionTimestamp"):
             continue
         for status in _get(pod, "status", "initContainerStatuses", default=[]) or []:
-            if status.get("name") == "fetch" and _running(status):
-                return f"Fetching the model from {spec.model.uri}"
+            if status.get("name") == FETCH_CONTAINER and _running(status):
+                progress = (fetched or {}).get(pod["metadata"]["name"])
+                return f"Fetching the model from {spec.model.uri}" + (f": {progress}" if progress else "")
             if status.get("name") == OPTIMIZE_CONTAINER and _running(status) and spec.optimization:
                 return f"Optimizing the model ({spec.optimization.method}) and measuring it beside the original"
         for status in _get(pod, "status", "containerStatuses", default=[]) or []:
@@ -295,7 +300,7 @@ def desired_conditions(spec: InferenceSpec, observed: Observed) -> list[Conditio
     """Ready, Progressing and Degraded, from the Deployment and its pods."""
     rollout = _Rollout.of(spec, observed.deployment)
     problem = pod_problem(spec, observed.pods) or _deployment_problem(observed.deployment)
-    busy = loading(spec, observed.pods)
+    busy = loading(spec, observed.pods, observed.fetched)
     degraded = problem or provider_fallback(spec, observed.providers)  # serving, but not as asked
     wanted = [_ready(spec, rollout, problem, busy), _progressing(spec, rollout), _degraded(degraded)]
     if spec.optimization is not None:

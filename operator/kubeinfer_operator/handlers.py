@@ -11,7 +11,10 @@ InferenceBatchJob (``batchreconcile``). For each:
   finalizer left behind by an uninstalled operator blocks namespace deletion;
 - any event on a child or one of its pods: reconcile the parent, so a deleted or
   edited child is put back and the status follows the pods. Bursts of child
-  events for one parent coalesce into one pending reconcile.
+  events for one parent coalesce into one pending reconcile;
+- a reconcile that asks to be run again (``Outcome.recheck_seconds``: something
+  moves that no object shows, such as a model fetch's progress) is run again
+  then, by a loop that looks every ``RECHECK_TICK_SECONDS``.
 
 One lock per object keeps reconciles of the same object serial.
 Each InferenceDeployment reconcile is counted and timed in the operator's own metrics
@@ -35,13 +38,14 @@ from kubeinfer_operator import kinds, naming, opmetrics
 from kubeinfer_operator.batchreconcile import reconcile_batch
 from kubeinfer_operator.kube import ApiError, Kube
 from kubeinfer_operator.opmetrics import OperatorMetrics
-from kubeinfer_operator.reconcile import Emit, InvalidSpec, MissingDependency, reconcile
+from kubeinfer_operator.reconcile import Emit, InvalidSpec, MissingDependency, Outcome, reconcile
 from kubeinfer_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5
 WAIT_SECONDS = 30
+RECHECK_TICK_SECONDS = 1.0
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 
 
@@ -52,7 +56,7 @@ class Controller:
     kind: kinds.Kind
     app: str  # app.kubernetes.io/name of its pods (and of the Jobs a CronJob makes)
     children: tuple[kinds.Kind, ...]
-    reconcile: Callable[[Kube, Mapping[str, Any], Settings, dt.datetime, Emit], dt.datetime | None]
+    reconcile: Callable[[Kube, Mapping[str, Any], Settings, dt.datetime, Emit], Outcome]
     counted: bool = False  # its reconciles are counted and timed in the operator's metrics
 
     @property
@@ -87,6 +91,7 @@ class Reconciler:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._pending: set[tuple[str, str]] = set()
+        self._recheck_at: dict[tuple[str, str], float] = {}  # monotonic time a reconcile asked to run again
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
@@ -102,10 +107,11 @@ class Reconciler:
         meta = parent["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         with self._lock((namespace, name)):
-            started, result, expiry = time.monotonic(), opmetrics.ERROR, None
+            started, result, outcome = time.monotonic(), opmetrics.ERROR, Outcome()
             try:
-                expiry = self.controller.reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.UTC), emit)
+                outcome = self.controller.reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.UTC), emit)
                 result = opmetrics.OK
+                self._ask_again(namespace, name, outcome.recheck_seconds)
             except InvalidSpec:
                 result = opmetrics.INVALID_SPEC
                 raise
@@ -114,7 +120,24 @@ class Reconciler:
                 raise
             finally:
                 if self.controller.counted:
-                    self.metrics.reconciled(namespace, name, result, time.monotonic() - started, expiry)
+                    self.metrics.reconciled(namespace, name, result, time.monotonic() - started,
+                                            outcome.certificate_expiry)
+
+    def _ask_again(self, namespace: str, name: str, seconds: float | None) -> None:
+        with self._guard:
+            if seconds is None:
+                self._recheck_at.pop((namespace, name), None)
+            else:
+                self._recheck_at[(namespace, name)] = time.monotonic() + seconds
+
+    def due(self) -> list[tuple[str, str]]:
+        """The parents whose reconcile asked to run again by now (each handed out once)."""
+        now = time.monotonic()
+        with self._guard:
+            keys = [key for key, at in self._recheck_at.items() if at <= now]
+            for key in keys:
+                del self._recheck_at[key]
+        return keys
 
     def run_by_name(self, namespace: str, name: str) -> None:
         """Reconcile the current version of a parent, if it still exists."""
@@ -147,6 +170,15 @@ async def resync_forever(reconcilers: tuple[Reconciler, ...]) -> None:
             await _resync_kind(reconciler)
 
 
+async def recheck_forever(reconcilers: tuple[Reconciler, ...]) -> None:
+    """Run again, when it is due, each reconcile that asked for it."""
+    while True:
+        await asyncio.sleep(RECHECK_TICK_SECONDS)
+        for reconciler in reconcilers:
+            for namespace, name in reconciler.due():
+                await _resync_one(reconciler, namespace, name)
+
+
 async def _resync_kind(reconciler: Reconciler) -> None:
     kind = reconciler.controller.kind
     for namespace in reconciler.settings.namespaces or ("",):
@@ -176,13 +208,13 @@ def register(registry: kopf.OperatorRegistry, *reconcilers: Reconciler) -> None:
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-        memo.resync_task = asyncio.create_task(resync_forever(reconcilers))
+    async def start_loops(memo: kopf.Memo, **_: Any) -> None:
+        memo.loops = [asyncio.create_task(resync_forever(reconcilers)),
+                      asyncio.create_task(recheck_forever(reconcilers))]
 
     @kopf.on.cleanup(registry=registry)
-    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-        task = getattr(memo, "resync_task", None)
-        if task is not None:
+    async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
+        for task in getattr(memo, "loops", ()):
             task.cancel()
 
     for reconciler in reconcilers:

@@ -57,7 +57,12 @@ class Kube:
 
     def _request(self, method: str, path: str, query: list[tuple[str, str]] | None = None,
                  body: Any = None, content_type: str | None = None) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
+        data = self._call(method, path, query, body, content_type)
+        return json.loads(data) if data else {}
+
+    def _call(self, method: str, path: str, query: list[tuple[str, str]] | None = None,
+              body: Any = None, content_type: str | None = None, accept: str = "application/json") -> bytes:
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         serialized = self._api.param_serialize(
@@ -73,7 +78,7 @@ class Kube:
         data = response.read()
         if not 200 <= response.status < 300:
             raise ApiError(response.status, str(response.reason), _message(data))
-        return json.loads(data) if data else {}
+        return bytes(data)
 
     def _wrote(self, kind: str, verb: str) -> None:
         if self.on_write is not None:
@@ -94,6 +99,12 @@ class Kube:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    def log_tail(self, namespace: str, pod: str, container: str, lines: int = 1) -> str:
+        """The last ``lines`` lines a container of a pod wrote (its current run)."""
+        path = _path(kinds.POD.api_version, kinds.POD.kind, namespace, pod, "log")
+        query = [("container", container), ("tailLines", str(lines))]
+        return self._call("GET", path, query, accept="text/plain").decode("utf-8", "replace")
 
     def apply(self, obj: Mapping[str, Any], subresource: str | None = None,
               manager: str = naming.FIELD_MANAGER) -> dict[str, Any]:

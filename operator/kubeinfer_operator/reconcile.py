@@ -10,12 +10,22 @@ failures come back as exceptions that say whether a retry can help.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kubeinfer_operator import builders, conditions, drift, kinds, naming, optimization_status, podmetrics
+from kubeinfer_operator import (
+    builders,
+    conditions,
+    drift,
+    fetchprogress,
+    kinds,
+    naming,
+    optimization_status,
+    podmetrics,
+)
 from kubeinfer_operator.certificate_plan import TlsMaterial, plan_certificates
 from kubeinfer_operator.conditions import Problem, StatusInputs
 from kubeinfer_operator.kube import Kube
@@ -28,6 +38,15 @@ Emit = Callable[[str, str, str], None]  # (Normal|Warning, reason, message)
 Key = tuple[str, str]  # (kind, name)
 
 
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one reconcile tells its caller: when the server certificate expires (None without TLS), and
+    when to look again although nothing changed (None: at the next event or resync)."""
+
+    certificate_expiry: dt.datetime | None = None
+    recheck_seconds: float | None = None
+
+
 class InvalidSpec(Exception):
     """The spec cannot be served; retrying will not help until it changes."""
 
@@ -37,8 +56,8 @@ class MissingDependency(Exception):
 
 
 def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt.datetime,
-              emit: Emit) -> dt.datetime | None:
-    """Reconcile ``parent``; returns when its server certificate expires (None without TLS)."""
+              emit: Emit) -> Outcome:
+    """Reconcile ``parent``; says when its server certificate expires and when to look again."""
     meta = parent["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     live = _observe(kube, namespace, name, meta["uid"])
@@ -46,14 +65,14 @@ def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt
         spec = parse(name, namespace, parent.get("spec") or {}, settings)
     except SpecError as exc:
         blocked = Problem(conditions.INVALID_SPEC, str(exc))
-        _write_status(kube, parent, _status_inputs(parent, live, None, blocked=blocked), now, emit)
+        _write_status(kube, parent, _status_inputs(kube, parent, live, None, blocked=blocked), now, emit)
         raise InvalidSpec(str(exc)) from exc
     external_ca = _external_ca(kube, spec)
     if external_ca is None:
         message = (f"Secret {namespace}/{spec.tls.client_ca_secret_name} with a ca.crt key "
                    "(tls.clientCASecretName) was not found")
         blocked = Problem(conditions.CLIENT_CA_NOT_FOUND, message)
-        _write_status(kube, parent, _status_inputs(parent, live, spec, blocked=blocked), now, emit)
+        _write_status(kube, parent, _status_inputs(kube, parent, live, spec, blocked=blocked), now, emit)
         raise MissingDependency(message)
     material = plan_certificates(spec, _secret_data(live), now, settings, external_client_ca=external_ca)
     for what in material.issued if material else ():
@@ -61,8 +80,10 @@ def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt
     desired = [drift.stamp(o) for o in builders.desired_children(spec, material, naming.owner_reference(parent))]
     apply_all(kube, desired, live, emit)
     prune(kube, desired, live, emit)
-    _write_status(kube, parent, _status_inputs(parent, live, spec, material=material), now, emit)
-    return material.server.cert.not_valid_after_utc if material else None
+    _write_status(kube, parent, _status_inputs(kube, parent, live, spec, material=material), now, emit)
+    # A fetch changes no object while it runs: look again to show how far it has come.
+    recheck = fetchprogress.RECHECK_SECONDS if fetchprogress.fetching(_pods(live)) else None
+    return Outcome(material.server.cert.not_valid_after_utc if material else None, recheck)
 
 
 def _observe(kube: Kube, namespace: str, name: str, uid: str) -> dict[Key, dict[str, Any]]:
@@ -169,20 +190,24 @@ def prune(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, A
 
 
 def _status_inputs(
-    parent: Mapping[str, Any], live: Mapping[Key, dict[str, Any]], spec: InferenceSpec | None, *,
+    kube: Kube, parent: Mapping[str, Any], live: Mapping[Key, dict[str, Any]], spec: InferenceSpec | None, *,
     blocked: Problem | None = None, material: TlsMaterial | None = None,
 ) -> StatusInputs:
     meta = parent["metadata"]
     deployment = live.get((kinds.DEPLOYMENT.kind, naming.deployment_name(meta["name"])))
-    pods = [obj for (kind, _), obj in live.items() if kind == kinds.POD.kind]
+    pods = _pods(live)
     # Only a GPU provider asked first can fall back: then ask the ready servers what they got.
     asks_gpu = spec is not None and spec.runtime.execution_providers[0] != "CPU"
     providers = podmetrics.served_providers(pods, spec.model.name) if spec is not None and asks_gpu else {}
     return StatusInputs(
         name=meta["name"], namespace=meta["namespace"], generation=meta.get("generation", 1), spec=spec,
-        observed=conditions.Observed(deployment, pods, providers), blocked=blocked,
+        observed=conditions.Observed(deployment, pods, providers, fetchprogress.of_pods(kube, pods)), blocked=blocked,
         certificate_not_after=material.server.cert.not_valid_after_utc if material else None,
     )
+
+
+def _pods(live: Mapping[Key, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [obj for (kind, _), obj in live.items() if kind == kinds.POD.kind]
 
 
 def _write_status(kube: Kube, parent: Mapping[str, Any], inputs: StatusInputs, now: dt.datetime, emit: Emit) -> None:

@@ -72,6 +72,8 @@ def _fetch_parser(sub, env: Mapping[str, str]) -> None:
     p.add_argument("uri", nargs="?", default=env.get(FETCH_VARIABLES["uri"]))
     p.add_argument("dest", nargs="?", default=env.get(FETCH_VARIABLES["dest"]))
     p.add_argument("--sha256", default=env.get(FETCH_VARIABLES["sha256"]))
+    p.add_argument("--progress-seconds", type=float, default=5.0,
+                   help="log the bytes fetched (of the total, when the store says it) this often")
     p.add_argument("--log-level", default=env.get("KUBEINFER_LOG_LEVEL", "INFO"))
 
 
@@ -332,7 +334,7 @@ def _fetch(parser, args) -> int:
     if not args.uri or not args.dest:
         parser.error("fetch needs URI and DEST (or KUBEINFER_FETCH_URI and KUBEINFER_FETCH_DEST)")
     try:
-        fetch(args.uri, args.dest, args.sha256)
+        fetch(args.uri, args.dest, args.sha256, progress_every_s=args.progress_seconds)
     except FetchError as exc:
         log.error("Fetch failed: %s", exc)
         return 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -60,15 +61,15 @@ def fetch(uri: str, dest: str, sha256: str | None = None, progress_every_s: floa
     digest = hashlib.sha256()
     copied, started, last_report = 0, time.monotonic(), time.monotonic()
     try:
-        with os.fdopen(fd, "wb") as out, _source(uri) as src:
-            log.info("Fetching %s to %s", uri, dest)
+        with os.fdopen(fd, "wb") as out, _source(uri) as (src, total):
+            log.info("Fetching %s to %s%s", uri, dest, f" ({total / CHUNK:.1f} MiB)" if total is not None else "")
             while chunk := src.read(CHUNK):
                 out.write(chunk)
                 digest.update(chunk)
                 copied += len(chunk)
                 if time.monotonic() - last_report >= progress_every_s:
                     last_report = time.monotonic()
-                    log.info("Fetched %.1f MiB of %s", copied / CHUNK, uri)
+                    log.info("%s", progress_line(copied, total, uri))
         got = digest.hexdigest()
         if want is not None and got != want:
             raise FetchError(f"{uri}: sha256 mismatch: expected {want}, got {got}")
@@ -90,17 +91,44 @@ def fetch(uri: str, dest: str, sha256: str | None = None, progress_every_s: floa
     return got
 
 
-def _source(uri: str):
-    """The open source file of ``uri``: a context manager whose value has ``read(n)``."""
-    if uri.startswith("s3://"):
-        return _s3_object(uri)
-    import fsspec
+def progress_line(copied: int, total: int | None, uri: str) -> str:
+    """The progress the fetch logs every few seconds; the operator reads the last one into
+    the LoadingModel message (its parser is held to this format by a contract test)."""
+    if total:
+        return f"Fetched {copied / CHUNK:.1f} of {total / CHUNK:.1f} MiB ({100 * copied // total}%) of {uri}"
+    return f"Fetched {copied / CHUNK:.1f} MiB of {uri}"
 
-    return fsspec.open(uri, "rb", **_open_options(uri))
+
+def _size(src: object) -> int | None:
+    """An fsspec file's length when it is known before reading: a local file's size, an HTTP
+    server's Content-Length; None otherwise."""
+    size = getattr(src, "size", None)
+    if isinstance(size, int):
+        return size
+    # fsspec's streaming HTTP file (no Range, see _open_options) keeps its aiohttp response as ``r``.
+    length = getattr(getattr(src, "r", None), "content_length", None)
+    if isinstance(length, int):
+        return length
+    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return os.fstat(src.fileno()).st_size  # type: ignore[attr-defined]
+    return None
+
+
+def _source(uri: str) -> contextlib.AbstractContextManager[tuple[IO[bytes], int | None]]:
+    """The open source of ``uri`` and its length in bytes (None when unknown)."""
+    return _s3_object(uri) if uri.startswith("s3://") else _fsspec_file(uri)
 
 
 @contextlib.contextmanager
-def _s3_object(uri: str) -> Iterator[IO[bytes]]:
+def _fsspec_file(uri: str) -> Iterator[tuple[IO[bytes], int | None]]:
+    import fsspec
+
+    with fsspec.open(uri, "rb", **_open_options(uri)) as src:
+        yield src, _size(src)
+
+
+@contextlib.contextmanager
+def _s3_object(uri: str) -> Iterator[tuple[IO[bytes], int | None]]:
     """The body of one GET of ``s3://BUCKET/KEY``, streamed. With an endpoint of its own
     (an S3-compatible store), path-style requests: ``BUCKET.host`` rarely resolves there."""
     bucket, _, key = uri.removeprefix("s3://").partition("/")
@@ -115,9 +143,10 @@ def _s3_object(uri: str) -> Iterator[IO[bytes]]:
     config = Config(s3={"addressing_style": "path"}) if own_endpoint else None
     client = botocore.session.get_session().create_client("s3", config=config)
     try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        response = client.get_object(Bucket=bucket, Key=key)
+        body = response["Body"]
         try:
-            yield body
+            yield body, response.get("ContentLength")
         finally:
             body.close()
     finally:

@@ -183,6 +183,7 @@ def expected_namespaced_grants() -> dict[tuple[str, str], set[str]]:
         expected[(naming.GROUP, f"{parent}/status")] = {"patch"}
         expected[(naming.GROUP, f"{parent}/finalizers")] = {"update"}
     expected[("", "events")] = {"create"}
+    expected[("", "pods/log")] = {"get"}  # kube.log_tail: fetchprogress
     return expected
 
 

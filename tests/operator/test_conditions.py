@@ -177,6 +177,10 @@ def test_loading_model_while_fetching_then_warming_up(make_spec):
     ready = _by_type(_status(make_spec(replicas=2), Observed(observed, [fetching])))["Ready"]
     assert ready == ("False", "LoadingModel", "Fetching the model from s3://models/fraud/3/model.onnx; "
                                               "0/2 replicas ready")
+    with_figures = Observed(observed, [fetching], fetched={"a": "12.0 of 48.0 MiB (25%)"})
+    ready = _by_type(_status(make_spec(replicas=2), with_figures))["Ready"]
+    assert ready[2] == ("Fetching the model from s3://models/fraud/3/model.onnx: 12.0 of 48.0 MiB (25%); "
+                        "0/2 replicas ready")
     warming = {"metadata": {"name": "a"}, "status": {"initContainerStatuses": [
         {"name": "fetch", "state": {"terminated": {"exitCode": 0}}}], "containerStatuses": [
         {"name": "server", "ready": False, "state": {"running": {}}}]}}

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import http.server
 import os
+import re
 import stat
 import threading
 from pathlib import Path
@@ -102,6 +103,18 @@ def test_http_server_without_range_support(http_url, served, tmp_path):
     result = fetch(f"{http_url}/big.bin", str(dest), "--sha256", hashlib.sha256(content).hexdigest())
     assert result.returncode == 0, result.stderr
     assert dest.read_bytes() == content
+
+
+@pytest.mark.parametrize("where", ["http", "local"])
+def test_progress_says_how_much_of_the_total(http_url, served, tmp_path, where):
+    (served / "two.bin").write_bytes(bytes(2 << 20))
+    uri = f"{http_url}/two.bin" if where == "http" else str(served / "two.bin")
+    result = run_cli("fetch", "--progress-seconds", "0", uri, str(tmp_path / "two.bin"), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "(2.0 MiB)" in result.stderr
+    # An HTTP body arrives in pieces of any size: some progress on the way, then all of it.
+    assert re.search(rf"Fetched (0|1)\.\d of 2\.0 MiB \(\d\d?%\) of {re.escape(uri)}", result.stderr)
+    assert f"Fetched 2.0 of 2.0 MiB (100%) of {uri}" in result.stderr
 
 
 def test_wrong_sha256_leaves_nothing(http_url, tmp_path):

@@ -84,6 +84,17 @@ def test_right_keys(s3_server, model_uri, model_bytes, tmp_path):
     assert [p.name for p in dest.parent.iterdir()] == ["model.onnx"]
 
 
+def test_progress_counts_against_the_objects_size(s3_server, bucket, tmp_path):
+    s3_server.put(bucket, "big/model.bin", bytes(3 << 20))
+    uri = s3_server.url(bucket, "big/model.bin")
+    result = run_cli("fetch", "--progress-seconds", "0", uri, str(tmp_path / "model.bin"), timeout=60,
+                     env=s3_server.env())
+    assert result.returncode == 0, result.stderr
+    assert f"Fetching {uri} to {tmp_path / 'model.bin'} (3.0 MiB)" in result.stderr
+    for line in ("Fetched 1.0 of 3.0 MiB (33%)", "Fetched 2.0 of 3.0 MiB (66%)", "Fetched 3.0 of 3.0 MiB (100%)"):
+        assert f"{line} of {uri}" in result.stderr
+
+
 @pytest.mark.parametrize(("variable", "value", "code"), [
     ("AWS_SECRET_ACCESS_KEY", "not-the-secret", "SignatureDoesNotMatch"),
     ("AWS_ACCESS_KEY_ID", "KINOSUCHKEYID0000000", "InvalidAccessKeyId"),

@@ -113,6 +113,11 @@ under exactly these rules.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# While a pod fetches its model, the last line of its fetch step's log says how
+# far it has come (the LoadingModel message).
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 # Events about InferenceDeployments and InferenceBatchJobs (the reconcilers' and kopf's own).
 - apiGroups: [""]
   resources: [events]

@@ -37,6 +37,9 @@ def container_security() -> dict[str, Any]:
     }
 
 
+FETCH_CONTAINER = "fetch"
+
+
 def model_dir(model: Model) -> str:
     """The folder the model volume is mounted at."""
     return f"{MODELS_DIR}/{model.name}"
@@ -48,7 +51,7 @@ def fetch_container(model: Model, runtime: Runtime, pod: PodSettings, path: str)
     if model.sha256:
         args += ["--sha256", model.sha256]
     container: dict[str, Any] = {
-        "name": "fetch",
+        "name": FETCH_CONTAINER,
         "image": runtime.image,
         "command": ["kubeinfer-server"],
         "args": args,
