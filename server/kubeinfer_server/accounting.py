@@ -52,9 +52,9 @@ class Accounting:
         self.access_log = access_log
         self.models: dict[str, ModelAccount] = {}
 
-    def open(self, model: str, providers: str, instances: int, provenance: Provenance) -> ModelAccount:
+    def open(self, model: str, providers: str, instances: int, provenance: Provenance, revision: str) -> ModelAccount:
         account = ModelAccount(self.metrics.model(model, providers, instances, provenance.sha256,
-                                                  provenance.optimization_method))
+                                                  provenance.optimization_method, revision))
         self.models[model] = account
         return account
 

@@ -171,6 +171,11 @@ class Batcher:
             raise result
         return result
 
+    async def running_finished(self) -> None:
+        """Wait until the batches running now have finished (not those that start later)."""
+        if self._running:
+            await asyncio.wait(set(self._running))
+
     async def close(self) -> None:
         """Refuse new requests, let queued and running ones finish."""
         self._closed = True

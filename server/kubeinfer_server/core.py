@@ -63,10 +63,11 @@ class ServedModel:
     which file it is (``provenance``: its sha256 and optimization method)."""
 
     def __init__(self, model: Model, batching: BatchingConfig, account: ModelAccount,
-                 provenance: Provenance) -> None:
+                 provenance: Provenance, version: str = MODEL_VERSION) -> None:
         self.model = model
         self.name = model.name
         self.provenance = provenance
+        self.version = version  # what every answer names as model_version
         if not model.batchable and batching.max_batch_size:
             log.info("Model %s has a fixed first dimension: batching is off for it", model.name)
             batching = BatchingConfig(0, batching.max_queue_delay_us, (), batching.max_queue_size,
@@ -80,6 +81,7 @@ class ServedModel:
         self._inline = InlinePolicy() if batching.instances == 1 else None
         self.batcher = Batcher(batching, self, inline=self._inline)
         account.live.queue = self.batcher
+        account.live.intra_op_threads = model.threads
 
     @property
     def max_batch_size(self) -> int:
@@ -112,6 +114,17 @@ class ServedModel:
         answers = await asyncio.gather(*(self.batcher.submit(piece, piece.rows, deadline) for piece in pieces))
         joined = [np.concatenate([outputs[i] for outputs, _ in answers]) for i in range(len(answers[0][0]))]
         return joined, feeds.rows
+
+    async def swap_sessions(self, sessions: list) -> int:
+        """Serve from ``sessions`` (new sessions of the same model, ``resize``) from the next batch on;
+        returns the threads served with before. Batches running meanwhile finish on the old sessions,
+        which are released, on a thread, once those batches are done."""
+        before = self.model.threads
+        replaced = self.model.swap_sessions(sessions)
+        self.account.live.intra_op_threads = self.model.threads
+        await self.batcher.running_finished()
+        await asyncio.to_thread(replaced.clear)  # the last references: their threads end there
+        return before
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -158,9 +171,9 @@ class Repository:
         if served is None:
             names = ", ".join(sorted(self.models)) or "none"
             raise ModelNotFound(f"model '{name}' is not served here; served models: {names}")
-        if version not in ("", MODEL_VERSION):
+        if version not in ("", served.version):
             raise ModelNotFound(
-                f"model '{name}' has no version '{version}'; the served version is {MODEL_VERSION}"
+                f"model '{name}' has no version '{version}'; the served version is {served.version}"
             )
         return served
 

@@ -19,7 +19,7 @@ from typing import TypeVar
 from kubeinfer_server import errors
 from kubeinfer_server.accesslog import Call, RequestIds
 from kubeinfer_server.accounting import Accounting
-from kubeinfer_server.core import MODEL_VERSION, InferRequest, InferResult, Repository, ServedModel
+from kubeinfer_server.core import InferRequest, InferResult, Repository, ServedModel
 from kubeinfer_server.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -87,5 +87,5 @@ class Frontend:
     def model(self, call: Call) -> ServedModel:
         """The model a metadata call names (``call.model``, ``call.version``), for ``describe``."""
         served = self.repository.get(call.model, call.version)
-        call.version = MODEL_VERSION
+        call.version = served.version
         return served

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubeinfer_server import __version__
-from kubeinfer_server.core import MODEL_VERSION, Repository, ServedModel
+from kubeinfer_server.core import Repository, ServedModel
 
 EXTENSIONS = ("model_configuration", "binary_tensor_data", "parameters", "statistics", "schedule_policy")
 PLATFORM = "onnxruntime_onnx"
@@ -29,7 +29,7 @@ def model_metadata(served: ServedModel) -> dict[str, Any]:
     model = served.model
     return {
         "name": served.name,
-        "versions": [MODEL_VERSION],
+        "versions": [served.version],
         "platform": PLATFORM,
         "inputs": [_tensor(spec) for spec in model.inputs],
         "outputs": [_tensor(spec) for spec in model.outputs],
@@ -73,7 +73,8 @@ def model_statistics(models: list[ServedModel]) -> dict[str, Any]:
 
 def repository_index(repository: Repository) -> list[dict[str, str]]:
     state = "READY" if repository.reports_ready else "UNAVAILABLE"
-    return [{"name": name, "version": MODEL_VERSION, "state": state} for name in sorted(repository.models)]
+    return [{"name": name, "version": served.version, "state": state}
+            for name, served in sorted(repository.models.items())]
 
 
 def _tensor(spec) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def _statistics(served: ServedModel) -> dict[str, Any]:
     stats = served.account.stats
     return {
         "name": served.name,
-        "version": MODEL_VERSION,
+        "version": served.version,
         "last_inference": stats.last_inference_ms,
         "inference_count": stats.inference_count,
         "execution_count": stats.execution_count,

@@ -52,9 +52,12 @@ HISTOGRAMS = {  # ModelMetrics attribute -> (name, help, buckets)
 }
 REQUESTS = ("kubeinfer_requests", "Inference requests answered, by gRPC status code and client identity.")
 MODEL_INFO = ("kubeinfer_model_info", "Served models: the execution providers their sessions got, the sha256 of "
-              "the file loaded and how it was optimized (none: not by kubeinfer-server optimize).")
+              "the file loaded, how it was optimized (none: not by kubeinfer-server optimize) and the "
+              "revision it is served as (--model-version).")
 # ModelMetrics attributes, in the order of kubeinfer_model_info's labels after ``model``.
-INFO_LABELS = ("providers", "instances", "sha256", "optimization_method")
+INFO_LABELS = ("providers", "instances", "sha256", "optimization_method", "revision")
+THREADS = ("kubeinfer_model_intra_op_threads", "ONNX Runtime intra-op threads of each of the model's sessions "
+           "(followed when the CPU limit changes; with --workers, the most any worker's sessions have).")
 
 
 class Histogram:
@@ -85,17 +88,19 @@ class ModelMetrics:
     """One model's live values, updated in place on the request path; ``waiting`` is read
     from the model's queue (its batcher) when the values are read."""
 
-    __slots__ = ("model", *INFO_LABELS, "in_flight", "queue", *HISTOGRAMS)
+    __slots__ = ("model", *INFO_LABELS, "in_flight", "queue", "intra_op_threads", *HISTOGRAMS)
     request_seconds: Histogram
     queue_seconds: Histogram
     compute_seconds: Histogram
     batch_rows: Histogram
 
-    def __init__(self, model: str, providers: str, instances: int, sha256: str, optimization_method: str) -> None:
+    def __init__(self, model: str, providers: str, instances: int, sha256: str, optimization_method: str,
+                 revision: str) -> None:
         self.model, self.providers, self.instances = model, providers, instances
-        self.sha256, self.optimization_method = sha256, optimization_method
+        self.sha256, self.optimization_method, self.revision = sha256, optimization_method, revision
         self.in_flight = 0
         self.queue: Queue = _NoQueue()
+        self.intra_op_threads = 0  # set by the serving core from its sessions, again when they are rebuilt
         for attribute, (_, _, buckets) in HISTOGRAMS.items():
             setattr(self, attribute, Histogram(buckets))
 
@@ -113,8 +118,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(Collector(lambda: [self.snapshot()]))
 
-    def model(self, name: str, providers: str, instances: int, sha256: str, optimization_method: str) -> ModelMetrics:
-        self.models[name] = ModelMetrics(name, providers, instances, sha256, optimization_method)
+    def model(self, name: str, providers: str, instances: int, sha256: str, optimization_method: str,
+              revision: str) -> ModelMetrics:
+        self.models[name] = ModelMetrics(name, providers, instances, sha256, optimization_method, revision)
         return self.models[name]
 
     def count_request(self, model: str, code: str, client: str) -> None:
@@ -126,7 +132,7 @@ class Metrics:
         return {
             "models": [
                 {"model": m.model, **{label: getattr(m, label) for label in INFO_LABELS},
-                 "gauges": {a: getattr(m, a) for a in GAUGES},
+                 "gauges": {a: getattr(m, a) for a in GAUGES}, "intra_op_threads": m.intra_op_threads,
                  "histograms": {a: [list(getattr(m, a).counts), getattr(m, a).sum] for a in HISTOGRAMS}}
                 for m in self.models.values()
             ],
@@ -142,11 +148,13 @@ class _Totals:
     histograms: dict[str, dict[str, list[Any]]] = field(default_factory=lambda: {a: {} for a in HISTOGRAMS})
     requests: dict[tuple[str, ...], float] = field(default_factory=dict)
     info: dict[tuple[str, ...], float] = field(default_factory=dict)
+    threads: dict[str, float] = field(default_factory=dict)  # by model: the most of any snapshot (not a sum)
 
     def add(self, snapshot: dict[str, Any], live: bool) -> None:
         for m in snapshot["models"]:
             name = m["model"]
             self.info[(name, *(str(m[label]) for label in INFO_LABELS))] = 1.0
+            self.threads[name] = max(self.threads.get(name, 0), m["intra_op_threads"])
             for attribute, value in m["gauges"].items():
                 gauge = self.gauges[attribute]
                 gauge[name] = gauge.get(name, 0) + (value if live else 0)
@@ -176,6 +184,8 @@ class Collector:
         yield _family(CounterMetricFamily(*REQUESTS, labels=["model", "code", "client"]), totals.requests.items())
         yield from _histogram_families(totals)
         yield _family(GaugeMetricFamily(*MODEL_INFO, labels=["model", *INFO_LABELS]), totals.info.items())
+        yield _family(GaugeMetricFamily(*THREADS, labels=["model"]),
+                      (((model,), threads) for model, threads in totals.threads.items()))
 
 
 FamilyT = TypeVar("FamilyT", GaugeMetricFamily, CounterMetricFamily)

@@ -2,19 +2,20 @@
 
 A ``Model`` owns one ONNX Runtime session per instance and runs whole batches
 (a dict of input arrays in, a list of output arrays out). It knows nothing of
-requests, queues or gRPC.
+requests, queues or gRPC. ONNX Runtime fixes a session's threads when it is
+made, so serving with other threads means new sessions: ``build_sessions``
+makes and warms them, ``swap_sessions`` serves from them from the next batch
+on (``resize`` does both when the CPU limit changes).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from kubeinfer_server.cpulimit import cgroup_cpu_limit
 from kubeinfer_server.errors import ModelLoadError
 from kubeinfer_server.tensors import Datatype, datatype_for_onnx
 
@@ -41,31 +42,6 @@ class ModelOptions:
     instances: int = 1
 
 
-def cgroup_cpu_limit() -> int:
-    """CPUs this container may use: the cgroup v2/v1 quota, else the affinity mask."""
-    available = len(os.sched_getaffinity(0))
-    quota = _read_cgroup_quota()
-    if quota is None:
-        return available
-    return max(1, min(available, math.ceil(quota)))
-
-
-def _read_cgroup_quota() -> float | None:
-    try:
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if text[0] != "max":
-            return int(text[0]) / int(text[1])
-        return None
-    except (OSError, IndexError, ValueError):
-        pass
-    try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return quota / period if quota > 0 else None
-    except (OSError, ValueError):
-        return None
-
-
 def _dims(shape) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
@@ -84,8 +60,10 @@ class Model:
         missing = [p for p in requested if p not in available]
         if missing:
             log.warning("Providers %s are not in this onnxruntime build (it has %s)", missing, available)
-        providers = [p for p in requested if p in available] or ["CPUExecutionProvider"]
-        self.sessions = [self._session(ort, path, threads, providers) for _ in range(options.instances)]
+        self._providers = [p for p in requested if p in available] or ["CPUExecutionProvider"]
+        self._instances = options.instances
+        # Read on an instance's thread once per batch: replaced whole, never changed in place.
+        self.sessions = self.build_sessions(threads, warm=False)
         self.providers = tuple(self.sessions[0].get_providers())
         if self.providers[0] != requested[0]:
             log.warning(
@@ -101,6 +79,27 @@ class Model:
             "Loaded model %s from %s: providers %s, %d instance(s), %d intra-op threads, batchable=%s",
             name, path, list(self.providers), options.instances, threads, self.batchable,
         )
+
+    @property
+    def threads(self) -> int:
+        """The intra-op threads of the sessions serving now (as ONNX Runtime holds them)."""
+        return self.sessions[0].get_session_options().intra_op_num_threads
+
+    def build_sessions(self, threads: int, warm: bool = True) -> list:
+        """New sessions of this model, one per instance, with ``threads`` intra-op threads each,
+        run once each when ``warm`` (the signature must be known by then)."""
+        import onnxruntime as ort
+
+        sessions = [self._session(ort, self.path, threads, self._providers) for _ in range(self._instances)]
+        if warm:
+            self.warm_up(sessions)
+        return sessions
+
+    def swap_sessions(self, sessions: list) -> list:
+        """Serve from ``sessions`` from the next batch on; returns the sessions replaced (a batch
+        running on one of them finishes there)."""
+        replaced, self.sessions = self.sessions, sessions
+        return replaced
 
     @staticmethod
     def _session(ort, path: str, threads: int, providers: list[str]):
@@ -127,11 +126,12 @@ class Model:
         """Run one batch on one instance; returns every output, in signature order."""
         return self.sessions[instance].run(None, feeds)
 
-    def warm_up(self) -> None:
-        """Run each instance once on a one-row input, so the first request is not slow."""
+    def warm_up(self, sessions: list | None = None) -> None:
+        """Run each session (by default, each instance's) once on a one-row input, so the first
+        request is not slow."""
         feeds = {spec.name: self._zeros(spec) for spec in self.inputs}
-        for instance in range(len(self.sessions)):
-            self.run(instance, feeds)
+        for session in self.sessions if sessions is None else sessions:
+            session.run(None, feeds)
 
     @staticmethod
     def _zeros(spec: TensorSpec) -> np.ndarray:

@@ -50,9 +50,10 @@ from kubeinfer_server import optimize_methods as methods
 from kubeinfer_server import optimize_report as report
 from kubeinfer_server import provenance
 from kubeinfer_server.batchrun import TERMINATION_LOG
+from kubeinfer_server.cpulimit import cgroup_cpu_limit
 from kubeinfer_server.errors import ModelLoadError
 from kubeinfer_server.fetch import file_sha256
-from kubeinfer_server.model import Model, ModelOptions, cgroup_cpu_limit
+from kubeinfer_server.model import Model, ModelOptions
 
 log = logging.getLogger(__name__)
 

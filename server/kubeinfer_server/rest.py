@@ -22,7 +22,6 @@ from aiohttp import web
 
 from kubeinfer_server import metadata, restcodec
 from kubeinfer_server.accesslog import Call
-from kubeinfer_server.core import MODEL_VERSION
 from kubeinfer_server.errors import InvalidInput, Unauthenticated, code_of
 from kubeinfer_server.frontend import Frontend
 
@@ -108,7 +107,7 @@ class RestApp:
             return error_response(*code_of(exc))
         if name not in self.repository.models:
             return error_response("NOT_FOUND", f"model '{name}' is not served here")
-        ready = self.repository.reports_ready and version in ("", MODEL_VERSION)
+        ready = self.repository.reports_ready and version in ("", self.repository.models[name].version)
         return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
     # --- metadata (logged; refused to callers the allow-list refuses) -----------
@@ -158,7 +157,8 @@ class RestApp:
             return None if deadline is None else deadline - time.monotonic()
 
         answer, code, message = await self.frontend.infer(
-            call, decode, lambda served, result: restcodec.encode_response(parsed, call.id, served.name, result),
+            call, decode,
+            lambda served, result: restcodec.encode_response(parsed, call.id, served.name, served.version, result),
             remaining)
         if answer is None:
             return error_response(code, message)

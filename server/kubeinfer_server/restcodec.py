@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from kubeinfer_server import tensors
-from kubeinfer_server.core import MODEL_VERSION, InferRequest, InferResult
+from kubeinfer_server.core import InferRequest, InferResult
 from kubeinfer_server.errors import InvalidInput
 from kubeinfer_server.validation import InputTensor
 
@@ -110,7 +110,8 @@ def decode_request(parsed: RestInfer, model: str, version: str) -> InferRequest:
     return InferRequest(model, version, inputs, tuple(parsed.binary_outputs))
 
 
-def encode_response(parsed: RestInfer, request_id: str, model: str, result: InferResult) -> tuple[bytes, int | None]:
+def encode_response(parsed: RestInfer, request_id: str, model: str, version: str,
+                    result: InferResult) -> tuple[bytes, int | None]:
     """(the answer's body, the length of its JSON when binary outputs follow it, else None)"""
     outputs, blobs = [], []
     for spec, array in result.outputs:
@@ -122,7 +123,7 @@ def encode_response(parsed: RestInfer, request_id: str, model: str, result: Infe
         else:
             entry["data"] = _json_data(array)
         outputs.append(entry)
-    header = orjson.dumps({"model_name": model, "model_version": MODEL_VERSION, "id": request_id, "outputs": outputs},
+    header = orjson.dumps({"model_name": model, "model_version": version, "id": request_id, "outputs": outputs},
                           option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, None

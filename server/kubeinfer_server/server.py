@@ -2,7 +2,8 @@
 
 ``build_server`` binds the gRPC port and returns an unstarted ``Server``.
 ``Server.serve`` starts gRPC, REST and metrics at once (health NOT_SERVING),
-loads and warms up the models in a thread, then turns SERVING. On SIGTERM (or
+loads and warms up the models in a thread, then turns SERVING; with the threads
+from the CPU limit it then follows that limit (``resize``). On SIGTERM (or
 ``stop``) health and readiness go false; after ``--shutdown-delay-seconds`` (0
 by default; the operator sets a few seconds so endpoints drop the replica
 first) gRPC and REST refuse new calls, and every accepted request, queued or
@@ -29,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from kubeinfer_server import fetch, metrics, metrics_http, protocol, provenance, rest
+from kubeinfer_server import fetch, metrics, metrics_http, protocol, provenance, resize, rest
 from kubeinfer_server.accesslog import AccessLog, RotatingFile
 from kubeinfer_server.accounting import Accounting
 from kubeinfer_server.core import Repository, ServedModel
@@ -118,7 +119,10 @@ class Server:
                 log.info("Worker ready: %s on gRPC port %d, HTTP port %d", names, self.grpc_port, self.http_port)
             if on_ready is not None:
                 on_ready(self)
+            following = self._follow_cpu_limit()
             await self._stop.wait()
+            if following is not None:
+                following.cancel()
             await self._drain()
         finally:
             await self.grpc_server.stop(0)
@@ -126,6 +130,15 @@ class Server:
             self.accounting.access_log.close()
             if runner is not None:
                 await runner.cleanup()
+
+    def _follow_cpu_limit(self) -> asyncio.Task | None:
+        """With the threads from the CPU limit, the task that rebuilds the sessions when it changes
+        (an in-place pod resize); None when the threads are fixed or the watch is off."""
+        every_s = self.settings.cpu_limit_poll_seconds
+        if self.settings.model_options.intra_op_threads or not every_s:
+            return None
+        watcher = resize.CpuLimitWatcher(self.repository.models.values())
+        return asyncio.get_running_loop().create_task(watcher.watch(every_s))
 
     async def _drain(self) -> None:
         grace, delay = self.settings.grace_seconds, self.settings.shutdown_delay_seconds
@@ -174,8 +187,9 @@ class Server:
         """Put the loaded models in the repository, on the event loop that reads it."""
         instances = self.settings.batching.instances
         for model, origin in models:
-            account = self.accounting.open(model.name, ",".join(model.providers), instances, origin)
-            self.repository.models[model.name] = ServedModel(model, self.settings.batching, account, origin)
+            version = self.settings.model_version
+            account = self.accounting.open(model.name, ",".join(model.providers), instances, origin, version)
+            self.repository.models[model.name] = ServedModel(model, self.settings.batching, account, origin, version)
 
     async def _set_health(self, status) -> None:
         await self.health.set("", status)

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 
 from kubeinfer_server import errors, metadata, protocol, tensors
 from kubeinfer_server.accesslog import Call
-from kubeinfer_server.core import MODEL_VERSION, InferRequest, ServedModel
+from kubeinfer_server.core import InferRequest, ServedModel
 from kubeinfer_server.frontend import Frontend
 from kubeinfer_server.validation import InputTensor
 
@@ -63,7 +63,7 @@ def decode_request(msg) -> InferRequest:
 
 
 def encode_response(request_id: str, served: ServedModel, result) -> object:
-    response = protocol.ModelInferResponse(model_name=served.name, model_version=MODEL_VERSION, id=request_id)
+    response = protocol.ModelInferResponse(model_name=served.name, model_version=served.version, id=request_id)
     outputs, contents = response.outputs, response.raw_output_contents
     for spec, array in result.outputs:
         outputs.add(name=spec.name, datatype=spec.datatype.name, shape=array.shape)

@@ -49,7 +49,9 @@ class ServeSettings:
     shutdown_delay_seconds: float = 0.0
     max_connection_age_seconds: float = 0.0
     max_message_bytes: int = 64 * 1024 * 1024
+    cpu_limit_poll_seconds: float = 5.0  # 0: the sessions keep the threads they were loaded with
     event_loop: str = "auto"  # eventloop.CHOICES
+    model_version: str = "1"  # named in every answer; the operator sets its rollout revision
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -63,9 +65,13 @@ class ServeSettings:
             raise ValueError("--grace-seconds, --shutdown-delay-seconds and --max-connection-age-seconds must be >= 0")
         if self.max_message_bytes < 1024:
             raise ValueError("--max-message-bytes must be at least 1024")
+        if self.cpu_limit_poll_seconds < 0:
+            raise ValueError("--cpu-limit-poll-seconds must be >= 0 (0 turns the watch off)")
         if not self.access_log_stderr and not self.access_log_file:
             raise ValueError("--access-log-stderr false needs --access-log-file "
                              "(--access-log-sample-rate 0 turns the access log off)")
+        if not self.model_version.strip() or "/" in self.model_version:
+            raise ValueError(f"--model-version must be a non-empty word without '/', got {self.model_version!r}")
         if self.access_log_max_bytes < 1024 or self.access_log_backups < 0:
             raise ValueError("--access-log-max-bytes must be at least 1024 and --access-log-backups at least 0")
 
@@ -146,6 +152,8 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("instances", int, _BATCHING.instances, "ONNX Runtime sessions per model, each on a thread of its own"),
     Flag("intra-op-threads", int, _OPTIONS.intra_op_threads,
          "ONNX Runtime intra-op threads per session (0: the container's CPU limit)"),
+    Flag("cpu-limit-poll-seconds", float, _default(ServeSettings, "cpu_limit_poll_seconds"),
+         "with --intra-op-threads 0: re-read the CPU limit this often, new sessions when it changed (0: never)"),
     Flag("providers", parse_providers, _OPTIONS.providers, "e.g. tensorrt,cuda,cpu"),
     Flag("tls-cert", str, None),
     Flag("tls-key", str, None),
@@ -170,6 +178,8 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("workers", int, 1, "server processes sharing the gRPC port (needs a fixed --grpc-port)"),
     Flag("event-loop", str, _default(ServeSettings, "event_loop"),
          "auto: uvloop when installed, else asyncio's own loop", choices=eventloop.CHOICES),
+    Flag("model-version", str, _default(ServeSettings, "model_version"),
+         "the version every answer names (model_version) and kubeinfer_model_info{revision}"),
     Flag("log-level", str, "INFO"),
 )
 SERVE_FLAGS_BY_ENV = {flag.env: flag for flag in SERVE_FLAGS}
@@ -207,5 +217,7 @@ def settings_from_values(values: Mapping[str, Any]) -> ServeSettings:
         shutdown_delay_seconds=values["shutdown_delay_seconds"],
         max_connection_age_seconds=values["max_connection_age_seconds"],
         max_message_bytes=values["max_message_bytes"],
+        cpu_limit_poll_seconds=values["cpu_limit_poll_seconds"],
         event_loop=values["event_loop"],
+        model_version=values["model_version"],
     )

@@ -38,7 +38,8 @@ from kubeinfer_server import tune_client as client
 from kubeinfer_server import tune_plan
 from kubeinfer_server import tune_report as reporting
 from kubeinfer_server.batcher import BatchingConfig
-from kubeinfer_server.model import ModelOptions, cgroup_cpu_limit
+from kubeinfer_server.cpulimit import cgroup_cpu_limit
+from kubeinfer_server.model import ModelOptions
 from kubeinfer_server.tune_plan import Config, Measured
 from kubeinfer_server.tune_report import Point
 from kubeinfer_server.tune_server import ServerFailed, ServerUnderTest, machine_cpus

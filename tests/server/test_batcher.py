@@ -7,7 +7,8 @@ the asyncio loop driven by a controllable clock (requests merge into one
 execution and each gets exactly its own result; a full queue refuses with
 QueueFull; a request whose deadline passed is dropped before compute; a
 request too large for the batch is refused; a failed batch fails every
-request in it, and one bad request fails alone; close drains the queue);
+request in it, and one bad request fails alone; close drains the queue;
+``running_finished`` waits for the batches running then, not for later ones);
 cancelled callers; the inline policy for cheap models (a lone request runs in
 its caller, every PROBE_EVERY-th one probes for load off the loop, company
 found by a probe keeps the model loaded until CALM_BATCHES batches in a row
@@ -279,6 +280,23 @@ def test_close_answers_queued_requests_then_refuses_new_ones():
         return await asyncio.gather(*pending)
 
     assert run(scenario()) == [[0], [2], [4], [6], [8]]
+
+
+def test_running_finished_waits_for_the_batches_running_now_only():
+    async def scenario():
+        batcher, execute, running = await held(BatchingConfig(max_batch_size=4, instances=1))
+        finished = asyncio.ensure_future(batcher.running_finished())
+        later = await queued(batcher, [1])  # waits for the instance
+        assert not finished.done()
+        execute.gate.set()
+        execute.gate.clear()  # request [0]'s batch goes on; the next one is held
+        await _settle()
+        assert finished.done() and batcher.executing == 1 and not later[0].done()
+        execute.gate.set()
+        await batcher.close()
+        return await running, await later[0]
+
+    assert run(scenario()) == ([0], [2])
 
 
 def test_a_cancelled_running_caller_leaves_the_batcher_working():

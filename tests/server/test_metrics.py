@@ -24,7 +24,7 @@ def _lines(registry) -> list[str]:
 
 def test_histogram_buckets_are_le_and_cumulative_in_the_exposition():
     metrics = m.Metrics()
-    live = metrics.model("fraud", "CPUExecutionProvider", 1, SHA, "none")
+    live = metrics.model("fraud", "CPUExecutionProvider", 1, SHA, "none", "1")
     for rows in (1, 2, 3, 2000):
         live.batch_rows.observe(rows)
     lines = _lines(metrics.registry)
@@ -39,7 +39,7 @@ def test_histogram_buckets_are_le_and_cumulative_in_the_exposition():
 
 def test_gauges_and_request_counts_read_live_values():
     metrics = m.Metrics()
-    live = metrics.model("fraud", "CPUExecutionProvider", 2, SHA, "dynamic")
+    live = metrics.model("fraud", "CPUExecutionProvider", 2, SHA, "dynamic", "7f9c2a")
     live.in_flight, live.queue = 5, SimpleNamespace(waiting=3)  # waiting: read from the model's queue
     for code in ("OK", "OK", "INVALID_ARGUMENT"):
         metrics.count_request("fraud", code, "alice")
@@ -49,7 +49,7 @@ def test_gauges_and_request_counts_read_live_values():
     assert 'kubeinfer_requests_total{client="alice",code="OK",model="fraud"} 2.0' in lines
     assert 'kubeinfer_requests_total{client="alice",code="INVALID_ARGUMENT",model="fraud"} 1.0' in lines
     assert ('kubeinfer_model_info{instances="2",model="fraud",optimization_method="dynamic",'
-            f'providers="CPUExecutionProvider",sha256="{SHA}"}} 1.0') in lines
+            f'providers="CPUExecutionProvider",revision="7f9c2a",sha256="{SHA}"}} 1.0') in lines
     live.in_flight = 0
     assert 'kubeinfer_queue_depth{model="fraud"} 0.0' in _lines(metrics.registry)
 
@@ -57,7 +57,7 @@ def test_gauges_and_request_counts_read_live_values():
 def test_workers_view_sums_snapshots_and_drops_gone_workers_gauges(tmp_path):
     for index, (depth, requests) in enumerate(((4, 10), (7, 5))):
         metrics = m.Metrics()
-        live = metrics.model("fraud", "CPUExecutionProvider", 1, SHA, "none")
+        live = metrics.model("fraud", "CPUExecutionProvider", 1, SHA, "none", "1")
         live.in_flight = depth
         live.request_seconds.observe(0.003)
         for _ in range(requests):
@@ -71,7 +71,7 @@ def test_workers_view_sums_snapshots_and_drops_gone_workers_gauges(tmp_path):
     assert 'kubeinfer_requests_total{client="anonymous",code="OK",model="fraud"} 15.0' in everyone
     assert 'kubeinfer_request_duration_seconds_bucket{le="0.005",model="fraud"} 2.0' in everyone
     assert ('kubeinfer_model_info{instances="1",model="fraud",optimization_method="none",'
-            f'providers="CPUExecutionProvider",sha256="{SHA}"}} 1.0') in everyone
+            f'providers="CPUExecutionProvider",revision="1",sha256="{SHA}"}} 1.0') in everyone
 
     first_gone = _lines(m.workers_registry(str(tmp_path), lambda name: name != "worker-0"))
     assert 'kubeinfer_queue_depth{model="fraud"} 7.0' in first_gone

@@ -347,6 +347,6 @@ def test_metric_names_are_the_autoscaling_contract(client, server, models):
                  'kubeinfer_compute_duration_seconds_count{model="linear"}',
                  'kubeinfer_batch_size_count{model="linear"}',
                  'kubeinfer_model_info{instances="1",model="linear",optimization_method="none",'
-                 f'providers="CPUExecutionProvider",sha256="{file_sha256(models["linear"])}"}} 1.0'):
+                 f'providers="CPUExecutionProvider",revision="1",sha256="{file_sha256(models["linear"])}"}} 1.0'):
         assert line in text, line
     assert 'code="INVALID_ARGUMENT"' in text

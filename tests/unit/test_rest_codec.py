@@ -54,11 +54,11 @@ def test_answers_put_binary_outputs_after_the_json():
     parsed = parse_body(b'{"inputs": [], "parameters": {"binary_data_output": true}}', None)
     parsed.every_output_binary = True
     y = np.arange(6, dtype=np.float32).reshape(2, 3)
-    body, length = encode_response(parsed, "id-1", "m", InferResult([(TensorSpec("y", FP32, (-1, 3)), y)], 2))
+    body, length = encode_response(parsed, "id-1", "m", "1", InferResult([(TensorSpec("y", FP32, (-1, 3)), y)], 2))
     header = orjson.loads(body[:length])
     assert header["id"] == "id-1" and header["outputs"][0]["parameters"] == {"binary_data_size": 24}
     assert struct.unpack("<6f", body[length:]) == tuple(range(6))
-    json_only, none = encode_response(parse_body(b"{}", None), "id-2", "m", InferResult([
+    json_only, none = encode_response(parse_body(b"{}", None), "id-2", "m", "1", InferResult([
         (TensorSpec("y", FP32, (-1, 3)), y[:, 1:])], 2))  # a non-contiguous view
     assert none is None and orjson.loads(json_only)["outputs"][0]["data"] == [1.0, 2.0, 4.0, 5.0]
 
