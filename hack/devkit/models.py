@@ -212,6 +212,57 @@ def slow(path, width: int = 1024, layers: int = 24, seed: int = 1) -> str:
     return str(_save(graph, path))
 
 
+def batch_trap(path: str | Path, in_features: int = 256, out_features: int = 16) -> Path:
+    """The mlp's signature (``input`` [batch, 256] -> ``output`` [batch, 16]) through a Reshape to
+    [1, -1] before its one Dense layer: one row works (so it loads and warms up), and ONNX Runtime
+    fails at run time on any batch of more rows (a model that breaks for some inputs only: the canary
+    tests' bad model)."""
+    rng = np.random.default_rng(SEED)
+    flat = numpy_helper.from_array(np.array([1, -1], dtype=np.int64), "flat")
+    nodes = [helper.make_node("Reshape", ["input", "flat"], ["flattened"])]
+    inits = [flat]
+    last = _dense(rng, nodes, inits, "flattened", "head", in_features, out_features, relu=False)
+    nodes.append(helper.make_node("Identity", [last], ["output"], name="output"))
+    graph = helper.make_graph(
+        nodes, "batch_trap",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_features])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
+        initializer=inits,
+    )
+    return _save(graph, path)
+
+
+def slow_mlp(path: str | Path, iterations: int = 1000, in_features: int = 256, out_features: int = 16) -> Path:
+    """The mlp's signature with ``iterations`` rounds of Tanh(x @ W) in an ONNX Loop before its head:
+    as slow as a model many times the mlp's size (about 65k multiply-adds a row a round), in a small
+    file (the canary tests' slow model)."""
+    rng = np.random.default_rng(SEED)
+    weight = (rng.standard_normal((in_features, in_features)) / np.sqrt(in_features)).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_in", "W"], ["mixed"]), helper.make_node("Tanh", ["mixed"], ["x_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "round",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_in", TensorProto.FLOAT, ["batch", in_features])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_out", TensorProto.FLOAT, ["batch", in_features])],
+    )
+    inits = [numpy_helper.from_array(weight, "W"),
+             numpy_helper.from_array(np.array(iterations, dtype=np.int64), "rounds"),
+             numpy_helper.from_array(np.array(True), "keep_going")]
+    nodes = [helper.make_node("Loop", ["rounds", "keep_going", "input"], ["looped"], body=body)]
+    last = _dense(rng, nodes, inits, "looped", "head", in_features, out_features, relu=False)
+    nodes.append(helper.make_node("Identity", [last], ["output"], name="output"))
+    graph = helper.make_graph(
+        nodes, "slow_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_features])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
+        initializer=inits,
+    )
+    return _save(graph, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path, help="directory for mlp.onnx, cnn.onnx and linear.onnx")

@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,9 +97,14 @@ def batch(rows: int, seed: int = 0) -> np.ndarray:
 
 
 def infer(c: tc.InferenceServerClient, model: str, x: np.ndarray, timeout: float = 30) -> np.ndarray:
+    return answer(c, model, x, timeout).as_numpy("output")
+
+
+def answer(c: tc.InferenceServerClient, model: str, x: np.ndarray, timeout: float = 30) -> tc.InferResult:
+    """One inference of the mlp's signature; the result also says which revision answered."""
     inp = tc.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    return c.infer(model, [inp], client_timeout=timeout).as_numpy("output")
+    return c.infer(model, [inp], client_timeout=timeout)
 
 
 @dataclass
@@ -113,6 +119,7 @@ class Load:
     rows: int = 32
     ok: int = 0
     failures: list = field(default_factory=list)
+    versions: Counter = field(default_factory=Counter)  # model_version (the revision) -> answers
     addresses: list = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -145,9 +152,10 @@ class Load:
         x = batch(self.rows, seed)
         while not self._stop.is_set():
             try:
-                infer(self._client, self.name, x)
+                version = answer(self._client, self.name, x).get_response().model_version
                 with self._lock:
                     self.ok += 1
+                    self.versions[version] += 1
             except (InferenceServerException, grpc.RpcError) as exc:
                 with self._lock:
                     self.failures.append((time.time(), str(exc)[:200]))

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from kubeinfer_operator.defaults import DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_LATENCY_RATIO, INTEGER_FIELDS
+
 REQUESTS = "kubeinfer_requests"
 DURATION = "kubeinfer_request_duration_seconds"
 # Answers that are the client's doing: they say nothing about the model being tried.
@@ -33,13 +35,13 @@ PASS, FAIL, INCONCLUSIVE = "Pass", "Fail", "Inconclusive"
 
 @dataclasses.dataclass(frozen=True)
 class Analysis:
-    """spec.rollout.analysis."""
+    """spec.rollout.analysis (its defaults: ``defaults``)."""
 
-    interval_seconds: int = 30
-    min_requests: int = 200
-    max_error_rate: float = 0.01
-    max_latency_ratio: float = 1.5
-    failure_limit: int = 2
+    interval_seconds: int = INTEGER_FIELDS["rollout.analysis.intervalSeconds"].default or 0
+    min_requests: int = INTEGER_FIELDS["rollout.analysis.minRequests"].default or 0
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    max_latency_ratio: float = DEFAULT_MAX_LATENCY_RATIO
+    failure_limit: int = INTEGER_FIELDS["rollout.analysis.failureLimit"].default or 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubeinfer_operator import naming
+from kubeinfer_operator import naming, rollout
 from kubeinfer_operator import optimization_status as optimization
 from kubeinfer_operator.builders.optimize import OPTIMIZE_CONTAINER
 from kubeinfer_operator.builders.podparts import FETCH_CONTAINER
@@ -33,6 +33,7 @@ SERVER_CRASH_LOOP = "ServerCrashLoop"
 INVALID_MODEL = "InvalidModel"
 LOADING_MODEL = "LoadingModel"
 PROVIDER_FALLBACK = "ProviderFallback"
+CANARY_IN_PROGRESS = "CanaryInProgress"
 # How kubeinfer-server says that a model file does not load (docs/server-contract.md).
 INVALID_MODEL_MARKER = "is not a loadable ONNX model"
 SERVER_RESTARTED = "ServerRestarted"
@@ -87,6 +88,7 @@ class StatusInputs:
     observed: Observed = Observed()
     blocked: Problem | None = None
     certificate_not_after: dt.datetime | None = None
+    rollout: Mapping[str, Any] | None = None  # status.rollout as planned (``rollout``)
 
     def __post_init__(self) -> None:
         if self.spec is None and self.blocked is None:
@@ -296,16 +298,41 @@ def _desired_replicas(spec: InferenceSpec, dep: Mapping[str, Any] | None) -> int
     return int(_get(dep, "spec", "replicas", default=spec.desired_replicas))
 
 
-def desired_conditions(spec: InferenceSpec, observed: Observed) -> list[Condition]:
-    """Ready, Progressing and Degraded, from the Deployment and its pods."""
-    rollout = _Rollout.of(spec, observed.deployment)
-    problem = pod_problem(spec, observed.pods) or _deployment_problem(observed.deployment)
-    busy = loading(spec, observed.pods, observed.fetched)
-    degraded = problem or provider_fallback(spec, observed.providers)  # serving, but not as asked
-    wanted = [_ready(spec, rollout, problem, busy), _progressing(spec, rollout), _degraded(degraded)]
+def desired_conditions(spec: InferenceSpec, observed: Observed,
+                       canary: Mapping[str, Any] | None = None) -> list[Condition]:
+    """Ready, Progressing and Degraded, from the (stable) Deployment and its pods; ``canary``: status.rollout."""
+    progress = _Rollout.of(spec, observed.deployment)
+    pods = stable_pods(observed.pods, canary)
+    problem = pod_problem(spec, pods) or _deployment_problem(observed.deployment)
+    busy = loading(spec, pods, observed.fetched)
+    degraded = problem or provider_fallback(spec, observed.providers) or _rolled_back(canary)
+    progressing = _canary_progressing(canary) or _progressing(spec, progress)
+    wanted = [_ready(spec, progress, problem, busy), progressing, _degraded(degraded)]
     if spec.optimization is not None:
         wanted.append(_optimized(spec, observed.pods))
     return wanted
+
+
+def stable_pods(pods: Sequence[Mapping[str, Any]], canary: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The pods that are not a running canary's: what Ready and the pods' problems speak of."""
+    if not canary or canary.get("phase") not in (rollout.PROGRESSING, rollout.PAUSED):
+        return list(pods)
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get(naming.REVISION_LABEL)
+            != canary.get("canaryRevision")]
+
+
+def _canary_progressing(canary: Mapping[str, Any] | None) -> Condition | None:
+    if not canary or canary.get("phase") not in (rollout.PROGRESSING, rollout.PAUSED):
+        return None
+    return Condition("Progressing", "True", CANARY_IN_PROGRESS,
+                     f"Canary {canary.get('canaryRevision')}: {canary.get('message', '')}")
+
+
+def _rolled_back(canary: Mapping[str, Any] | None) -> Problem | None:
+    if not canary or canary.get("phase") != rollout.ROLLED_BACK:
+        return None
+    return Problem(rollout.ROLLED_BACK, f"{canary.get('message', '')}; revision {canary.get('stableRevision')} serves "
+                                       "(change the spec to try again)")
 
 
 def provider_fallback(spec: InferenceSpec, providers: Mapping[str, str]) -> Problem | None:
@@ -403,6 +430,8 @@ def compute_status(inputs: StatusInputs, previous: Mapping[str, Any], now: dt.da
     optimized = optimization.reported(inputs.observed.pods) if spec is not None and spec.optimization else None
     if optimized is not None:
         status["optimization"] = optimized
+    if inputs.rollout is not None:
+        status["rollout"] = dict(inputs.rollout)
     status["conditions"] = merge_conditions(
         previous.get("conditions") or [], _wanted_conditions(inputs), inputs.generation, now)
     return status
@@ -412,7 +441,7 @@ def _wanted_conditions(inputs: StatusInputs) -> list[Condition]:
     if inputs.blocked is not None:
         return blocked_conditions(inputs.blocked)
     assert inputs.spec is not None  # StatusInputs holds a spec or what blocks it
-    return desired_conditions(inputs.spec, inputs.observed)
+    return desired_conditions(inputs.spec, inputs.observed, inputs.rollout)
 
 
 def _timestamp(when: dt.datetime) -> str:

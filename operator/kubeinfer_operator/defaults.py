@@ -23,6 +23,11 @@ DEFAULT_ACCESS_LOG_SAMPLE_RATE = 1.0
 DEFAULT_MAX_DEGRADATION = 0.01
 DEFAULT_MIN_SPEEDUP = 1.0
 DEFAULT_ON_REJECT = "ServeOriginal"
+# spec.rollout: a rolling update unless Canary is asked for; Canary's steps and the judge's bounds.
+DEFAULT_ROLLOUT_STRATEGY = "Replace"
+DEFAULT_ROLLOUT_STEPS: tuple[tuple[int, int], ...] = ((10, 120), (50, 300))  # (weight %, pauseSeconds)
+DEFAULT_MAX_ERROR_RATE = 0.01
+DEFAULT_MAX_LATENCY_RATIO = 1.5
 # Not in the CRD: spec.replicas must stay unset there, or it would clash with spec.autoscaling.
 DEFAULT_REPLICAS = 1
 
@@ -62,6 +67,11 @@ INTEGER_FIELDS: Mapping[str, IntegerField] = MappingProxyType({f.path: f for f i
     # No default here: the operator's settings give it (Settings.certificate_duration_seconds).
     IntegerField("tls.certificateDurationSeconds", None, 3600, 315_360_000),
     IntegerField("optimization.calibration.samples", 256, 1, 100_000),
+    IntegerField("rollout.steps.weight", None, 1, 99),
+    IntegerField("rollout.steps.pauseSeconds", 60, 0, 86_400),
+    IntegerField("rollout.analysis.intervalSeconds", 30, 5, 3600),
+    IntegerField("rollout.analysis.minRequests", 200, 0, 1_000_000_000),
+    IntegerField("rollout.analysis.failureLimit", 2, 1, 100),
 )})
 
 # The InferenceBatchJob's integers, by their path under its spec.
@@ -91,5 +101,8 @@ DEFAULTS: Mapping[str, object] = MappingProxyType({
     "optimization.maxDegradation": DEFAULT_MAX_DEGRADATION,
     "optimization.minSpeedup": DEFAULT_MIN_SPEEDUP,
     "optimization.onReject": DEFAULT_ON_REJECT,
+    "rollout.strategy": DEFAULT_ROLLOUT_STRATEGY,
+    "rollout.analysis.maxErrorRate": DEFAULT_MAX_ERROR_RATE,
+    "rollout.analysis.maxLatencyRatio": DEFAULT_MAX_LATENCY_RATIO,
     **{path: f.default for path, f in INTEGER_FIELDS.items() if f.default is not None},
 })

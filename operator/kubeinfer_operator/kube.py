@@ -100,6 +100,12 @@ class Kube:
             item.setdefault("kind", kind)
         return items
 
+    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """A JSON merge patch (None deletes a key): for the one annotation a person sets and the operator clears."""
+        self._wrote(kind, "patch")
+        self._request("PATCH", _path(api_version, kind, namespace, name), body=dict(patch),
+                      content_type="application/merge-patch+json")
+
     def log_tail(self, namespace: str, pod: str, container: str, lines: int = 1) -> str:
         """The last ``lines`` lines a container of a pod wrote (its current run)."""
         path = _path(kinds.POD.api_version, kinds.POD.kind, namespace, pod, "log")

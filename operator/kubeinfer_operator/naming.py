@@ -34,6 +34,17 @@ ORT_PROVIDERS = {"TensorRT": "TensorrtExecutionProvider", "CUDA": "CUDAExecution
 
 ROLE_LABEL = "kubeinfer.io/role"
 CLIENT_LABEL = "kubeinfer.io/client"
+# Rollouts: each server pod's revision (a hash of its pod template, also its model_version), the
+# Deployment a pod belongs to (in the selector of every Deployment but the first, ``NAME``), which
+# side a Deployment is (metadata only: promotion relabels it, no pod restarts), the spec it was
+# built from (a canary's stable side is rebuilt from it), and the command a person gives.
+REVISION_LABEL = "kubeinfer.io/revision"
+DEPLOYMENT_LABEL = "kubeinfer.io/deployment"
+TRACK_LABEL = "kubeinfer.io/track"
+STABLE, CANARY = "stable", "canary"
+SPEC_ANNOTATION = "kubeinfer.io/spec"
+ROLLOUT_ANNOTATION = "kubeinfer.io/rollout"
+ROLLOUT_COMMANDS = ("promote", "abort", "pause", "resume")
 
 
 # The labels the operator owns on every pod; podLabels may not set them (the CRD refuses too).
@@ -60,7 +71,12 @@ def children_selector(name: str) -> str:
 
 
 def deployment_name(name: str) -> str:
+    """The first Deployment's name; a canary's is ``canary_deployment_name``."""
     return name
+
+
+def canary_deployment_name(name: str, revision: str) -> str:
+    return f"{name}-{revision}"
 
 
 def service_name(name: str) -> str:

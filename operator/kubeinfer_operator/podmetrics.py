@@ -29,6 +29,7 @@ RETRY_SECONDS = 30.0
 CACHE_SIZE = 4096
 _providers_by_pod: dict[str, str] = {}
 _retry_at: dict[str, float] = {}  # pods that did not answer: when to ask again
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # pod IPs: never through a proxy
 
 
 def served_providers(pods: Sequence[Mapping[str, Any]], model: str) -> dict[str, str]:
@@ -36,7 +37,7 @@ def served_providers(pods: Sequence[Mapping[str, Any]], model: str) -> dict[str,
     found = {}
     for pod in pods:
         meta, status = pod["metadata"], pod.get("status") or {}
-        if not _ready(status) or not status.get("podIP"):
+        if not ready(pod):
             continue
         uid = meta.get("uid", meta["name"])
         if uid not in _providers_by_pod and time.monotonic() >= _retry_at.get(uid, 0.0):
@@ -60,13 +61,26 @@ def _ready(status: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
-def _scrape(address: str, model: str) -> str | None:
+def metrics_text(address: str) -> str | None:
+    """The /metrics text of the server at pod IP ``address``, or None when it does not answer in time."""
     url = f"http://{address}:{naming.METRICS_PORT}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
-            text = response.read().decode()
+        with _DIRECT.open(url, timeout=TIMEOUT_SECONDS) as response:
+            return str(response.read().decode())
     except (OSError, urllib.error.URLError) as exc:
         log.debug("Could not read %s: %s", url, exc)
+        return None
+
+
+def ready(pod: Mapping[str, Any]) -> bool:
+    """A pod that reports Ready and has an address to scrape."""
+    status = pod.get("status") or {}
+    return _ready(status) and bool(status.get("podIP"))
+
+
+def _scrape(address: str, model: str) -> str | None:
+    text = metrics_text(address)
+    if text is None:
         return None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -18,6 +18,7 @@ from typing import Any
 
 from kubeinfer_operator import (
     builders,
+    canaryrollout,
     conditions,
     drift,
     fetchprogress,
@@ -77,13 +78,20 @@ def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt
     material = plan_certificates(spec, _secret_data(live), now, settings, external_client_ca=external_ca)
     for what in material.issued if material else ():
         emit("Normal", "CertificateIssued", f"Issued {what} for {namespace}/{name}")
-    desired = [drift.stamp(o) for o in builders.desired_children(spec, material, naming.owner_reference(parent))]
+    owner = naming.owner_reference(parent)
+    decided = canaryrollout.plan(parent, spec, live, now)
+    deployments = canaryrollout.build(parent, spec, decided, live, settings, owner)
+    desired = [drift.stamp(o) for o in builders.desired_children(spec, material, owner, deployments)]
     apply_all(kube, desired, live, emit)
     prune(kube, desired, live, emit)
-    _write_status(kube, parent, _status_inputs(kube, parent, live, spec, material=material), now, emit)
+    canaryrollout.after_apply(kube, parent, decided, emit)
+    inputs = _status_inputs(kube, parent, live, spec, material=material, stable=deployments[0]["metadata"]["name"],
+                            rollout=decided.status)
+    _write_status(kube, parent, inputs, now, emit)
     # A fetch changes no object while it runs: look again to show how far it has come.
-    recheck = fetchprogress.RECHECK_SECONDS if fetchprogress.fetching(_pods(live)) else None
-    return Outcome(material.server.cert.not_valid_after_utc if material else None, recheck)
+    rechecks = [s for s in (decided.recheck_seconds,
+                            fetchprogress.RECHECK_SECONDS if fetchprogress.fetching(_pods(live)) else None) if s]
+    return Outcome(material.server.cert.not_valid_after_utc if material else None, min(rechecks, default=None))
 
 
 def _observe(kube: Kube, namespace: str, name: str, uid: str) -> dict[Key, dict[str, Any]]:
@@ -191,10 +199,13 @@ def prune(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, A
 
 def _status_inputs(
     kube: Kube, parent: Mapping[str, Any], live: Mapping[Key, dict[str, Any]], spec: InferenceSpec | None, *,
-    blocked: Problem | None = None, material: TlsMaterial | None = None,
+    blocked: Problem | None = None, material: TlsMaterial | None = None, stable: str | None = None,
+    rollout: Mapping[str, Any] | None = None,
 ) -> StatusInputs:
     meta = parent["metadata"]
-    deployment = live.get((kinds.DEPLOYMENT.kind, naming.deployment_name(meta["name"])))
+    if rollout is None and blocked is not None:  # nothing was planned: keep what the last reconcile said
+        rollout = (parent.get("status") or {}).get("rollout")
+    deployment = live.get((kinds.DEPLOYMENT.kind, stable or naming.deployment_name(meta["name"])))
     pods = _pods(live)
     # Only a GPU provider asked first can fall back: then ask the ready servers what they got.
     asks_gpu = spec is not None and spec.runtime.execution_providers[0] != "CPU"
@@ -202,7 +213,7 @@ def _status_inputs(
     return StatusInputs(
         name=meta["name"], namespace=meta["namespace"], generation=meta.get("generation", 1), spec=spec,
         observed=conditions.Observed(deployment, pods, providers, fetchprogress.of_pods(kube, pods)), blocked=blocked,
-        certificate_not_after=material.server.cert.not_valid_after_utc if material else None,
+        certificate_not_after=material.server.cert.not_valid_after_utc if material else None, rollout=rollout,
     )
 
 

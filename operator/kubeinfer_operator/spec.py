@@ -13,16 +13,21 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kubeinfer_operator.canary import Analysis
 from kubeinfer_operator.defaults import (
     DEFAULT_ACCESS_LOG_SAMPLE_RATE,
     DEFAULT_ENGINE,
     DEFAULT_EXECUTION_PROVIDERS,
     DEFAULT_GPU_RESOURCE_NAME,
     DEFAULT_MAX_DEGRADATION,
+    DEFAULT_MAX_ERROR_RATE,
+    DEFAULT_MAX_LATENCY_RATIO,
     DEFAULT_MIN_SPEEDUP,
     DEFAULT_ON_REJECT,
     DEFAULT_REPLICAS,
     DEFAULT_RESOURCES,
+    DEFAULT_ROLLOUT_STEPS,
+    DEFAULT_ROLLOUT_STRATEGY,
     DEFAULT_TLS_MODE,
     INTEGER_FIELDS,
     IntegerField,
@@ -40,6 +45,8 @@ VALIDATION_METRICS = ("Top1", "Agreement", "Mse", "Cosine")
 ON_REJECT = ("ServeOriginal", "Fail")
 GPU_PROVIDERS = ("TensorRT", "CUDA")
 MAX_DEGRADATION_LIMIT, MIN_SPEEDUP_LIMIT = 1e6, 1000.0  # the CRD's maximums
+ROLLOUT_STRATEGIES = ("Replace", "Canary")
+MAX_LATENCY_RATIO_LIMIT = 100.0
 
 
 class SpecError(ValueError):
@@ -174,6 +181,25 @@ class Optimization:
 
 
 @dataclasses.dataclass(frozen=True)
+class RolloutStep:
+    weight: int  # percent of the serving replicas that run the canary
+    pause_seconds: int  # at least this long at this weight, and one passed analysis, before the next step
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """spec.rollout: how a change to the pods reaches them (``rollout``, ``canary``)."""
+
+    strategy: str = DEFAULT_ROLLOUT_STRATEGY
+    steps: tuple[RolloutStep, ...] = tuple(RolloutStep(w, p) for w, p in DEFAULT_ROLLOUT_STEPS)
+    analysis: Analysis = Analysis()
+
+    @property
+    def canary(self) -> bool:
+        return self.strategy == "Canary"
+
+
+@dataclasses.dataclass(frozen=True)
 class InferenceSpec:
     """Everything the builders need, for one InferenceDeployment."""
 
@@ -192,6 +218,7 @@ class InferenceSpec:
     tls: Tls
     pod: PodSettings = PodSettings()
     optimization: Optimization | None = None
+    rollout: Rollout = Rollout()
 
     @property
     def desired_replicas(self) -> int:
@@ -230,6 +257,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings
         tls=_tls(get_object(spec, "tls"), settings),
         pod=parse_pod(spec),
         optimization=parse_optimization(spec.get("optimization"), model, runtime),
+        rollout=parse_rollout(spec.get("rollout")),
     )
 
 
@@ -283,8 +311,8 @@ def parse_optimization(raw: Any, model: Model, runtime: Runtime) -> Optimization
         method=_choice(raw, "optimization.method", OPTIMIZATION_METHODS, None),
         calibration=_calibration(raw.get("calibration")),
         validation=_validation(raw.get("validation")),
-        max_degradation=_number(raw, "maxDegradation", DEFAULT_MAX_DEGRADATION, MAX_DEGRADATION_LIMIT),
-        min_speedup=_number(raw, "minSpeedup", DEFAULT_MIN_SPEEDUP, MIN_SPEEDUP_LIMIT),
+        max_degradation=_number(raw, "optimization.maxDegradation", DEFAULT_MAX_DEGRADATION, MAX_DEGRADATION_LIMIT),
+        min_speedup=_number(raw, "optimization.minSpeedup", DEFAULT_MIN_SPEEDUP, MIN_SPEEDUP_LIMIT),
         on_reject=_choice(raw, "optimization.onReject", ON_REJECT, DEFAULT_ON_REJECT),
     )
     for problem in _optimization_problems(optimization, model, runtime):
@@ -306,6 +334,37 @@ def _optimization_problems(optimization: Optimization, model: Model, runtime: Ru
          "optimization.validation.metric Top1 needs optimization.validation.labelColumn"),
     ]
     return [message for failed, message in checks if failed]
+
+
+def parse_rollout(raw: Any) -> Rollout:
+    """spec.rollout: Replace (a rolling update) by default, or Canary with its steps and analysis."""
+    if raw is None:
+        return Rollout()
+    if not isinstance(raw, Mapping):
+        raise SpecError("rollout must be an object")
+    steps = tuple(_rollout_step(step) for step in get_list(raw, "steps")) or Rollout().steps
+    weights = [step.weight for step in steps]
+    if weights != sorted(set(weights)):
+        raise SpecError(f"rollout.steps weights must increase from step to step, got {weights}")
+    analysis = get_object(raw, "analysis")
+    return Rollout(
+        strategy=_choice(raw, "rollout.strategy", ROLLOUT_STRATEGIES, DEFAULT_ROLLOUT_STRATEGY),
+        steps=steps,
+        analysis=Analysis(
+            interval_seconds=get_int(analysis, "rollout.analysis.intervalSeconds"),
+            min_requests=get_int(analysis, "rollout.analysis.minRequests"),
+            max_error_rate=_number(analysis, "rollout.analysis.maxErrorRate", DEFAULT_MAX_ERROR_RATE, 1.0),
+            max_latency_ratio=_number(analysis, "rollout.analysis.maxLatencyRatio", DEFAULT_MAX_LATENCY_RATIO,
+                                      MAX_LATENCY_RATIO_LIMIT, low=1.0),
+            failure_limit=get_int(analysis, "rollout.analysis.failureLimit"),
+        ),
+    )
+
+
+def _rollout_step(raw: Any) -> RolloutStep:
+    if not isinstance(raw, Mapping):
+        raise SpecError("rollout.steps entries must be objects with weight and pauseSeconds")
+    return RolloutStep(get_int(raw, "rollout.steps.weight"), get_int(raw, "rollout.steps.pauseSeconds"))
 
 
 def _calibration(raw: Any) -> Calibration | None:
@@ -339,10 +398,10 @@ def _choice(raw: Mapping[str, Any], path: str, choices: tuple[str, ...], default
     return value
 
 
-def _number(raw: Mapping[str, Any], key: str, default: float, high: float) -> float:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high:
-        raise SpecError(f"optimization.{key} must be a number from 0 to {high:g}")
+def _number(raw: Mapping[str, Any], path: str, default: float, high: float, low: float = 0.0) -> float:
+    value = raw.get(path.rpartition(".")[2], default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise SpecError(f"{path} must be a number from {low:g} to {high:g}")
     return float(value)
 
 

@@ -19,7 +19,7 @@ import re
 import pytest
 
 from kubeinfer_operator.builders import desired_children
-from kubeinfer_operator.builders.deployment import build_deployment
+from kubeinfer_operator.builders.deployment import build_deployment, revision
 from kubeinfer_operator.builders.scaling import build_hpa, build_pdb
 from kubeinfer_operator.builders.services import build_headless_service, build_service
 from kubeinfer_operator.certificate_plan import plan_certificates
@@ -105,6 +105,7 @@ def test_server_env_follows_the_contract(make_spec):
     )
     env = _env(build_deployment(spec, OWNER))
     assert env == {
+        "KUBEINFER_MODEL_VERSION": revision(spec),
         "KUBEINFER_MODELS": "fraud=/models/fraud/model.onnx",
         "KUBEINFER_GRPC_PORT": "8001",
         "KUBEINFER_HTTP_PORT": "8000",

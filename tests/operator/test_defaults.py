@@ -23,6 +23,8 @@ from kubeinfer_operator.defaults import DEFAULTS, INTEGER_FIELDS
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "kubeinfer.io_inferencedeployments.yaml"
 OPERATOR_ONLY = {"replicas"}  # a CRD default would clash with spec.autoscaling (they must not both be set)
+KUBERNETES_INTEGERS = {"tolerations.tolerationSeconds"}  # a Kubernetes type's field, bounded by Kubernetes
+ITEM_DEFAULTS = {"rollout.steps.pauseSeconds"}  # a field of each list item: parsed per item
 
 
 def _spec_schema() -> dict[str, Any]:
@@ -31,9 +33,9 @@ def _spec_schema() -> dict[str, Any]:
 
 
 def _fields(schema: Mapping[str, Any], path: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """(path under spec, schema) of every field; list items as PATH[]."""
+    """(path under spec, schema) of every field; list items as PATH[], their fields as PATH.FIELD."""
     for name, child in (schema.get("properties") or {}).items():
-        child_path = f"{path}.{name}" if path else name
+        child_path = f"{path.removesuffix('[]')}.{name}" if path else name
         yield child_path, child
         yield from _fields(child, child_path)
     if "items" in schema:
@@ -80,7 +82,8 @@ def test_every_operator_default_is_in_the_crd():
 
 def test_integer_bounds_are_the_crds():
     schemas = dict(_fields(_spec_schema()))
-    crd_integers = {p for p, s in schemas.items() if s.get("type") == "integer" and "[]" not in p}
+    crd_integers = {p for p, s in schemas.items()
+                    if s.get("type") == "integer" and "[]" not in p and p not in KUBERNETES_INTEGERS}
     assert set(INTEGER_FIELDS) == crd_integers
     bounds = {p: (f.low, f.high) for p, f in INTEGER_FIELDS.items()}
     assert bounds == {p: (schemas[p]["minimum"], schemas[p]["maximum"]) for p in crd_integers}
@@ -92,13 +95,18 @@ def _attribute(spec: Any, path: str) -> Any:
     return spec
 
 
-@pytest.mark.parametrize("path", sorted(set(DEFAULTS) - OPERATOR_ONLY - {"autoscaling.engine"}))
+@pytest.mark.parametrize("path", sorted(set(DEFAULTS) - OPERATOR_ONLY - ITEM_DEFAULTS - {"autoscaling.engine"}))
 def test_parse_applies_each_default(make_spec, path):
     # gpu, autoscaling and optimization are absent by default: name them with only what they require.
     rows = {"uri": "s3://data/rows.parquet"}
     spec = make_spec(gpu={"count": 1}, autoscaling={"maxReplicas": 3},
                      optimization={"method": "Static", "calibration": rows, "validation": rows})
     assert _as_json(_attribute(spec, path)) == _as_json(DEFAULTS[path])
+
+
+def test_parse_applies_the_defaults_of_list_items(make_spec):
+    steps = make_spec(rollout={"strategy": "Canary", "steps": [{"weight": 10}]}).rollout.steps
+    assert steps[0].pause_seconds == DEFAULTS["rollout.steps.pauseSeconds"]
 
 
 def test_parse_applies_the_operator_only_and_check_only_defaults(make_spec):

@@ -18,15 +18,18 @@ from kubeinfer_operator.spec import InferenceSpec
 
 
 def desired_children(
-    spec: InferenceSpec, material: TlsMaterial | None, owner: dict[str, Any]
+    spec: InferenceSpec, material: TlsMaterial | None, owner: dict[str, Any],
+    deployments: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child ``spec`` needs, in apply order; anything else of ours is to be pruned."""
+    """Every child ``spec`` needs, in apply order; anything else of ours is to be pruned. ``deployments``:
+    the server Deployments, the stable one first (a rollout's; by default the spec's one)."""
+    deployments = deployments or [build_deployment(spec, owner)]
     candidates = [
         *build_tls_objects(spec, material, owner),
         build_service(spec, owner),
         build_headless_service(spec, owner),
-        build_deployment(spec, owner),
-        build_hpa(spec, owner),
+        *deployments,
+        build_hpa(spec, owner, deployments[0]["metadata"]["name"]),
         build_pdb(spec, owner),
     ]
     return [c for c in candidates if c is not None]

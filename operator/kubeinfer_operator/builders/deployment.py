@@ -8,6 +8,9 @@ terminationGracePeriodSeconds = shutdown delay (5) + drain grace + 15.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from typing import Any
 
 from kubeinfer_operator import naming
@@ -34,22 +37,56 @@ def model_path(spec: InferenceSpec) -> str:
     return f"{podparts.model_dir(spec.model)}/model.onnx"
 
 
-def build_deployment(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Which Deployment a spec's pods go to: its name, its side, its replicas (None: not applied, the HPA
+    owns them) and the spec it is built from, as written (kept on it: ``naming.SPEC_ANNOTATION``)."""
+
+    name: str
+    track: str = naming.STABLE
+    replicas: int | None = None
+    source: str = ""
+
+
+def placement(spec: InferenceSpec, source: str = "") -> Placement:
+    """The one Deployment of a spec outside a canary: ``NAME``, the spec's replicas unless the HPA owns them."""
+    return Placement(naming.deployment_name(spec.name), naming.STABLE,
+                     spec.desired_replicas if spec.autoscaling is None else None, source)
+
+
+def revision(spec: InferenceSpec) -> str:
+    """The revision of the pods ``spec`` makes: a hash of their template (before it names the revision)."""
+    canonical = json.dumps(_pod_template(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def build_deployment(spec: InferenceSpec, owner: dict[str, Any], where: Placement | None = None) -> dict[str, Any]:
+    where = where or placement(spec)
+    selector = naming.selector_labels(spec.name)
+    if where.name != naming.deployment_name(spec.name):  # a canary's: its pods apart from the other side's
+        selector[naming.DEPLOYMENT_LABEL] = where.name
     body: dict[str, Any] = {
-        "selector": {"matchLabels": naming.selector_labels(spec.name)},
+        "selector": {"matchLabels": selector},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "revisionHistoryLimit": 3,
-        "template": _pod_template(spec),
+        "template": _revision_template(spec, selector),
     }
-    # With autoscaling the HPA owns spec.replicas: applying it would fight the HPA.
-    if spec.autoscaling is None:
-        body["replicas"] = spec.desired_replicas
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": child_metadata(spec, naming.deployment_name(spec.name), owner),
-        "spec": body,
-    }
+    if where.replicas is not None:  # with autoscaling the HPA owns the stable side's: applying them would fight it
+        body["replicas"] = where.replicas
+    metadata = child_metadata(spec, where.name, owner, **{naming.TRACK_LABEL: where.track})
+    if where.source:
+        metadata["annotations"] = {naming.SPEC_ANNOTATION: where.source}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": body}
+
+
+def _revision_template(spec: InferenceSpec, selector: dict[str, str]) -> dict[str, Any]:
+    """The pod template, naming its revision: a label, and the server's model_version."""
+    template = _pod_template(spec)
+    rev = revision(spec)
+    template["metadata"]["labels"].update({**selector, naming.REVISION_LABEL: rev})
+    server = template["spec"]["containers"][0]
+    server["env"].insert(0, {"name": "KUBEINFER_MODEL_VERSION", "value": rev})
+    return template
 
 
 def _pod_template(spec: InferenceSpec) -> dict[str, Any]:

@@ -9,8 +9,9 @@ from kubeinfer_operator.builders.meta import child_metadata
 from kubeinfer_operator.spec import InferenceSpec
 
 
-def build_hpa(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any] | None:
-    """An autoscaling/v2 HPA on the per-pod average of kubeinfer_queue_depth, or None."""
+def build_hpa(spec: InferenceSpec, owner: dict[str, Any], target: str | None = None) -> dict[str, Any] | None:
+    """An autoscaling/v2 HPA of the ``target`` Deployment (the stable one; by default ``NAME``) on the per-pod
+    average of kubeinfer_queue_depth, or None."""
     scaling = spec.autoscaling
     if scaling is None:
         return None
@@ -20,7 +21,7 @@ def build_hpa(spec: InferenceSpec, owner: dict[str, Any]) -> dict[str, Any] | No
         "metadata": child_metadata(spec, naming.hpa_name(spec.name), owner),
         "spec": {
             "scaleTargetRef": {
-                "apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment_name(spec.name),
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": target or naming.deployment_name(spec.name),
             },
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
