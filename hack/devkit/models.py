@@ -212,6 +212,20 @@ def slow(path, width: int = 1024, layers: int = 24, seed: int = 1) -> str:
     return str(_save(graph, path))
 
 
+def _with_head(path: str | Path, name: str, rng: np.random.Generator, nodes: list, inits: list, x: str,
+               in_features: int, out_features: int) -> Path:
+    """``nodes`` (from ``input``, ending at ``x``) then the mlp's head: a model with the mlp's signature."""
+    last = _dense(rng, nodes, inits, x, "head", in_features, out_features, relu=False)
+    nodes.append(helper.make_node("Identity", [last], ["output"], name="output"))
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_features])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
+        initializer=inits,
+    )
+    return _save(graph, path)
+
+
 def batch_trap(path: str | Path, in_features: int = 256, out_features: int = 16) -> Path:
     """The mlp's signature (``input`` [batch, 256] -> ``output`` [batch, 16]) through a Reshape to
     [1, -1] before its one Dense layer: one row works (so it loads and warms up), and ONNX Runtime
@@ -221,15 +235,7 @@ def batch_trap(path: str | Path, in_features: int = 256, out_features: int = 16)
     flat = numpy_helper.from_array(np.array([1, -1], dtype=np.int64), "flat")
     nodes = [helper.make_node("Reshape", ["input", "flat"], ["flattened"])]
     inits = [flat]
-    last = _dense(rng, nodes, inits, "flattened", "head", in_features, out_features, relu=False)
-    nodes.append(helper.make_node("Identity", [last], ["output"], name="output"))
-    graph = helper.make_graph(
-        nodes, "batch_trap",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_features])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
-        initializer=inits,
-    )
-    return _save(graph, path)
+    return _with_head(path, "batch_trap", rng, nodes, inits, "flattened", in_features, out_features)
 
 
 def slow_mlp(path: str | Path, iterations: int = 1000, in_features: int = 256, out_features: int = 16) -> Path:
@@ -252,15 +258,7 @@ def slow_mlp(path: str | Path, iterations: int = 1000, in_features: int = 256, o
              numpy_helper.from_array(np.array(iterations, dtype=np.int64), "rounds"),
              numpy_helper.from_array(np.array(True), "keep_going")]
     nodes = [helper.make_node("Loop", ["rounds", "keep_going", "input"], ["looped"], body=body)]
-    last = _dense(rng, nodes, inits, "looped", "head", in_features, out_features, relu=False)
-    nodes.append(helper.make_node("Identity", [last], ["output"], name="output"))
-    graph = helper.make_graph(
-        nodes, "slow_mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_features])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_features])],
-        initializer=inits,
-    )
-    return _save(graph, path)
+    return _with_head(path, "slow_mlp", rng, nodes, inits, "looped", in_features, out_features)
 
 
 def main(argv: list[str] | None = None) -> int:
