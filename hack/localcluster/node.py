@@ -157,6 +157,9 @@ class Node:
             f"--root-dir={self.paths.kubelet_root}", f"--cert-dir={self.paths.kubelet_root / 'pki'}",
             f"--hostname-override={NAME}", f"--node-ip={NODE_IP}",
             f"--node-labels={LABEL[0]}={LABEL[1]}", "--v=1",
+            # cAdvisor's own containerd client (deprecated flag, still the only way to set it): without it
+            # /metrics/cadvisor sees only raw cgroups, with no pod, namespace or container labels.
+            f"--containerd={self.paths.containerd_socket}",
         ])
         self._spawn("kube-proxy", [f"--config={self.paths.kube_proxy_config}", "--v=1"])
 

@@ -2,7 +2,9 @@
 
 ``start(workdir, kubeconfig, bins)`` runs Debian's ``/usr/bin/prometheus`` on
 127.0.0.1 (scraping, every second, the real node's pods that ``monitoring.targets``
-lists in a file_sd target file, at addresses in its pod subnet) and the adapter built by
+lists in a file_sd target file, at addresses in its pod subnet, and every 5 s the node's
+kubelet, ``/metrics/cadvisor`` and ``/metrics/resource`` over HTTPS with the API server's
+kubelet-client certificate: the containers' usage for spec.rightSizing) and the adapter built by
 ``make cluster-build-adapter`` on 127.0.0.1, registers it as
 ``v1beta1``/``v1beta2.custom.metrics.k8s.io`` (ExternalName Service ``localhost``,
 controlplane.md 6.3) and waits until the APIServices are Available. ``stop`` deletes

@@ -24,6 +24,13 @@ PROMETHEUS = Path(os.environ.get("KUBEINFER_PROMETHEUS", "/usr/bin/prometheus"))
 NODE_POD_IPS = r"10\.244\.(12[89]|1[3-9][0-9]|2[0-4][0-9]|25[0-5])\.[0-9]+"
 PROCESSES = ("prometheus", "prometheus-targets", "prometheus-adapter")
 NAMESPACE = "kubeinfer-monitoring"
+# The kubelet serves the containers' usage twice: cAdvisor's own series, and the resource metrics
+# (what metrics-server reads: the same names, always with pod and container labels).
+KUBELET_PATHS = ("/metrics/cadvisor", "/metrics/resource")
+KUBELET_SERIES = ("container_(cpu_usage_seconds_total|memory_working_set_bytes|spec_cpu_quota|spec_cpu_period"
+                  "|spec_memory_limit_bytes|cpu_cfs_periods_total|cpu_cfs_throttled_periods_total|oom_events_total)")
+# Who the kubelet lets in: the API server's own client identity for kubelets (localcluster.pki).
+KUBELET_CLIENT = "apiserver-kubelet-client"
 VERSIONS = ("v1beta1", "v1beta2")
 Log = Callable[[str], None]
 
@@ -32,23 +39,58 @@ class MissingComponent(RuntimeError):
     """Prometheus or the adapter is not installed/built."""
 
 
-def prometheus_config(targets_file: Path) -> dict:
+def prometheus_config(targets_file: Path, kubelet_targets: Path | None = None, pki: Path | None = None) -> dict:
     """Scrape what ``monitoring.targets`` lists (file_sd): Debian's build has no Kubernetes SD.
 
     It writes one target per running pod on the real node that asks to be scraped
     (``prometheus.io/scrape``), at podIP:``prometheus.io/port``, labelled with the
     pod's namespace and name: what role-pod discovery plus the usual relabelling
     give. The keep rule is a second guard: only addresses in the node's pod subnet.
+    With ``kubelet_targets`` (and the cluster's ``pki``), also the real node's kubelet
+    (``kubelet_jobs``).
     """
+    jobs = [{
+        "job_name": "kubeinfer-servers",
+        "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}],
+        "relabel_configs": [{"source_labels": ["__address__"],
+                             "regex": NODE_POD_IPS + ":[0-9]+", "action": "keep"}],
+    }]
+    if kubelet_targets is not None and pki is not None:
+        jobs += kubelet_jobs(kubelet_targets, pki)
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{
-            "job_name": "kubeinfer-servers",
-            "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}],
-            "relabel_configs": [{"source_labels": ["__address__"],
-                                 "regex": NODE_POD_IPS + ":[0-9]+", "action": "keep"}],
-        }],
+        "scrape_configs": jobs,
     }
+
+
+def kubelet_jobs(targets_file: Path, pki: Path) -> list[dict]:
+    """The real node's kubelet, ``/metrics/cadvisor`` and ``/metrics/resource``, every 5 s, over HTTPS.
+
+    Its serving certificate (``pki/kubelet.crt``: IP SAN the node's address) is checked against the
+    cluster CA. The client certificate is the API server's own for kubelets (``KUBELET_CLIENT``,
+    CN kube-apiserver-kubelet-client, O system:masters, from the same CA): the kubelet's x509
+    authentication trusts that CA, and its webhook authorization asks the API server, which allows
+    system:masters everything (``get nodes/metrics`` here), as it does for ``kubectl logs``.
+    Only the container series right-sizing and its tests read are kept.
+    """
+    tls = {"ca_file": str(pki / "ca.crt"), "cert_file": str(pki / f"{KUBELET_CLIENT}.crt"),
+           "key_file": str(pki / f"{KUBELET_CLIENT}.key")}
+    return [{
+        "job_name": "kubelet-" + path.rsplit("/", 1)[1],
+        "scheme": "https",
+        "metrics_path": path,
+        "scrape_interval": "5s",
+        "scrape_timeout": "5s",
+        "tls_config": tls,
+        "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
+        "metric_relabel_configs": [{"source_labels": ["__name__"], "regex": KUBELET_SERIES, "action": "keep"}],
+    } for path in KUBELET_PATHS]
+
+
+def pki_of(kubeconfig: Path) -> Path:
+    """The cluster's PKI folder: where the CA of one of its kubeconfigs lies (localcluster.pki)."""
+    config = yaml.safe_load(Path(kubeconfig).read_text())  # JSON, as localcluster writes them, is YAML too
+    return Path(config["clusters"][0]["cluster"]["certificate-authority"]).parent
 
 
 def running(workdir: Path) -> dict[str, int | None]:
@@ -103,10 +145,13 @@ def start(workdir: Path, kubeconfig: Path, bins: Path, tie_to_parent: bool = Fal
     daemons = Daemons(workdir, tie_to_parent)
     stop(workdir, kubeconfig, bins)
     prom_port, adapter_port = free_port(), free_port()
-    targets = workdir / "prometheus-targets.json"
-    targets.write_text("[]")
-    daemons.start("prometheus-targets", [sys.executable, "-m", "monitoring.targets", str(kubeconfig), str(targets)])
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(targets)))
+    targets, kubelet_targets = workdir / "prometheus-targets.json", workdir / "prometheus-kubelet-targets.json"
+    for path in (targets, kubelet_targets):
+        path.write_text("[]")
+    daemons.start("prometheus-targets", [sys.executable, "-m", "monitoring.targets", str(kubeconfig), str(targets),
+                                         str(kubelet_targets)])
+    config = prometheus_config(targets, kubelet_targets, pki_of(kubeconfig))
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     data = workdir / "prometheus-data"
     shutil.rmtree(data, ignore_errors=True)
     log(f"Starting Prometheus on 127.0.0.1:{prom_port}")

@@ -4,7 +4,9 @@ Conditions follow the Kubernetes API conventions: ``Ready`` (serving at the
 desired capacity), ``Progressing`` (a rollout is under way) and ``Degraded``
 (something needs a person), each with a CamelCase reason a person can act on;
 with ``spec.optimization`` also ``Optimized`` and ``status.optimization``
-(``optimization_status``: what the pods' optimize step decided).
+(``optimization_status``: what the pods' optimize step decided); with
+``spec.rightSizing`` also ``RecommendationProvided`` and ``status.recommendation``
+(``rightsizing``: decided before, handed in).
 ``lastTransitionTime`` only moves when a condition's status changes.
 """
 
@@ -34,6 +36,7 @@ INVALID_MODEL = "InvalidModel"
 LOADING_MODEL = "LoadingModel"
 PROVIDER_FALLBACK = "ProviderFallback"
 CANARY_IN_PROGRESS = "CanaryInProgress"
+RECOMMENDATION_PROVIDED = "RecommendationProvided"  # the condition of spec.rightSizing (``rightsizing``)
 # How kubeinfer-server says that a model file does not load (docs/server-contract.md).
 INVALID_MODEL_MARKER = "is not a loadable ONNX model"
 SERVER_RESTARTED = "ServerRestarted"
@@ -89,6 +92,8 @@ class StatusInputs:
     blocked: Problem | None = None
     certificate_not_after: dt.datetime | None = None
     rollout: Mapping[str, Any] | None = None  # status.rollout as planned (``rollout``)
+    recommendation: Mapping[str, Any] | None = None  # status.recommendation as decided (``rightsizing``)
+    recommendation_condition: tuple[str, str, str] | None = None  # RecommendationProvided: status, reason, message
 
     def __post_init__(self) -> None:
         if self.spec is None and self.blocked is None:
@@ -432,6 +437,8 @@ def compute_status(inputs: StatusInputs, previous: Mapping[str, Any], now: dt.da
         status["optimization"] = optimized
     if inputs.rollout is not None:
         status["rollout"] = dict(inputs.rollout)
+    if inputs.recommendation is not None:
+        status["recommendation"] = dict(inputs.recommendation)
     status["conditions"] = merge_conditions(
         previous.get("conditions") or [], _wanted_conditions(inputs), inputs.generation, now)
     return status
@@ -441,7 +448,10 @@ def _wanted_conditions(inputs: StatusInputs) -> list[Condition]:
     if inputs.blocked is not None:
         return blocked_conditions(inputs.blocked)
     assert inputs.spec is not None  # StatusInputs holds a spec or what blocks it
-    return desired_conditions(inputs.spec, inputs.observed, inputs.rollout)
+    wanted = desired_conditions(inputs.spec, inputs.observed, inputs.rollout)
+    if inputs.recommendation_condition is not None:
+        wanted.append(Condition(RECOMMENDATION_PROVIDED, *inputs.recommendation_condition))
+    return wanted
 
 
 def _timestamp(when: dt.datetime) -> str:

@@ -28,6 +28,14 @@ DEFAULT_ROLLOUT_STRATEGY = "Replace"
 DEFAULT_ROLLOUT_STEPS: tuple[tuple[int, int], ...] = ((10, 120), (50, 300))  # (weight %, pauseSeconds)
 DEFAULT_MAX_ERROR_RATE = 0.01
 DEFAULT_MAX_LATENCY_RATIO = 1.5
+# spec.rightSizing: off unless asked for; the recommender's percentiles, clamps (quantities, as the CRD writes
+# them) and margin, as in recommender.Policy.
+DEFAULT_RIGHT_SIZING_MODE = "Off"
+DEFAULT_CPU_PERCENTILE = 0.9
+DEFAULT_CPU_MIN, DEFAULT_CPU_MAX = "250m", "8"
+DEFAULT_MEMORY_PERCENTILE = 0.95
+DEFAULT_MEMORY_MIN, DEFAULT_MEMORY_MAX = "256Mi", "16Gi"
+DEFAULT_RIGHT_SIZING_MARGIN = 0.15
 # Not in the CRD: spec.replicas must stay unset there, or it would clash with spec.autoscaling.
 DEFAULT_REPLICAS = 1
 
@@ -72,6 +80,7 @@ INTEGER_FIELDS: Mapping[str, IntegerField] = MappingProxyType({f.path: f for f i
     IntegerField("rollout.analysis.intervalSeconds", 30, 5, 3600),
     IntegerField("rollout.analysis.minRequests", 200, 0, 1_000_000_000),
     IntegerField("rollout.analysis.failureLimit", 2, 1, 100),
+    IntegerField("rightSizing.minSamples", 100, 1, 1_000_000),
 )})
 
 # The InferenceBatchJob's integers, by their path under its spec.
@@ -104,5 +113,13 @@ DEFAULTS: Mapping[str, object] = MappingProxyType({
     "rollout.strategy": DEFAULT_ROLLOUT_STRATEGY,
     "rollout.analysis.maxErrorRate": DEFAULT_MAX_ERROR_RATE,
     "rollout.analysis.maxLatencyRatio": DEFAULT_MAX_LATENCY_RATIO,
+    "rightSizing.mode": DEFAULT_RIGHT_SIZING_MODE,
+    "rightSizing.cpu.percentile": DEFAULT_CPU_PERCENTILE,
+    "rightSizing.cpu.min": DEFAULT_CPU_MIN,
+    "rightSizing.cpu.max": DEFAULT_CPU_MAX,
+    "rightSizing.memory.percentile": DEFAULT_MEMORY_PERCENTILE,
+    "rightSizing.memory.min": DEFAULT_MEMORY_MIN,
+    "rightSizing.memory.max": DEFAULT_MEMORY_MAX,
+    "rightSizing.margin": DEFAULT_RIGHT_SIZING_MARGIN,
     **{path: f.default for path, f in INTEGER_FIELDS.items() if f.default is not None},
 })

@@ -101,8 +101,10 @@ class Reconciler:
         parent = dict(body)
 
         def emit(kind: str, reason: str, message: str) -> None:
-            # kopf types its argument as a Body; any API object as a mapping works.
-            kopf.event(parent, type=kind, reason=reason, message=message)  # type: ignore[arg-type]
+            try:
+                self.kube.post_event(parent, kind, reason, message)
+            except ApiError as exc:  # an Event is worth a retry of nothing: the status says it too
+                log.warning("Could not post the Event %s about %s/%s: %s", reason, namespace, name, exc)
 
         meta = parent["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -198,6 +200,8 @@ async def _resync_one(reconciler: Reconciler, namespace: str, name: str) -> None
         await asyncio.to_thread(reconciler.run_by_name, namespace, name)
     except ApiError as exc:
         log.warning("Resync of %s %s/%s failed: %s", reconciler.controller.kind.kind, namespace, name, exc)
+    except Exception:  # a bug in one reconcile must not end the loop for every object
+        log.exception("Resync of %s %s/%s failed", reconciler.controller.kind.kind, namespace, name)
 
 
 def register(registry: kopf.OperatorRegistry, *reconcilers: Reconciler) -> None:

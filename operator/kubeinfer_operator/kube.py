@@ -8,6 +8,7 @@ builders make them.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -106,11 +107,37 @@ class Kube:
         self._request("PATCH", _path(api_version, kind, namespace, name), body=dict(patch),
                       content_type="application/merge-patch+json")
 
+    def post_event(self, about: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``about``. Posted here, not through kopf: kopf's poster works only inside its
+        own per-object handlers, and the resync and recheck loops reconcile outside them."""
+        meta = about["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": about.get("apiVersion") or naming.API_VERSION,
+                               "kind": about.get("kind") or naming.KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid", "")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": naming.FIELD_MANAGER}, "reportingComponent": naming.FIELD_MANAGER,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        self._request("POST", f"/api/v1/namespaces/{quote(meta['namespace'])}/events", body=body,
+                      content_type="application/json")
+
     def log_tail(self, namespace: str, pod: str, container: str, lines: int = 1) -> str:
         """The last ``lines`` lines a container of a pod wrote (its current run)."""
         path = _path(kinds.POD.api_version, kinds.POD.kind, namespace, pod, "log")
         query = [("container", container), ("tailLines", str(lines))]
         return self._call("GET", path, query, accept="text/plain").decode("utf-8", "replace")
+
+    def resize_pod(self, namespace: str, pod: str, container: str, resources: Mapping[str, Any]) -> None:
+        """In-place resize of one container of a running pod: a strategic merge patch of its resources
+        onto the pod's ``resize`` subresource (the kubelet applies it without a restart)."""
+        path = _path(kinds.POD.api_version, kinds.POD.kind, namespace, pod, "resize")
+        body = {"spec": {"containers": [{"name": container, "resources": dict(resources)}]}}
+        self._wrote("Pod/resize", "patch")
+        self._request("PATCH", path, body=body, content_type="application/strategic-merge-patch+json")
 
     def apply(self, obj: Mapping[str, Any], subresource: str | None = None,
               manager: str = naming.FIELD_MANAGER) -> dict[str, Any]:

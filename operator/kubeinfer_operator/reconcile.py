@@ -26,6 +26,8 @@ from kubeinfer_operator import (
     naming,
     optimization_status,
     podmetrics,
+    rightsizer,
+    rightsizing,
 )
 from kubeinfer_operator.certificate_plan import TlsMaterial, plan_certificates
 from kubeinfer_operator.conditions import Problem, StatusInputs
@@ -85,8 +87,10 @@ def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt
     apply_all(kube, desired, live, emit)
     prune(kube, desired, live, emit)
     canaryrollout.after_apply(kube, parent, decided, emit)
+    # spec.rightSizing: the recommendation for the status (None when Off); InPlace resizes pods, not while judging.
+    sized = rightsizer.run(kube, parent, spec, _pods(live), settings, now, emit, may_resize=not decided.analysing)
     inputs = _status_inputs(kube, parent, live, spec, material=material, stable=deployments[0]["metadata"]["name"],
-                            rollout=decided.status)
+                            rollout=decided.status, sized=sized)
     _write_status(kube, parent, inputs, now, emit)
     # A fetch changes no object while it runs: look again to show how far it has come.
     rechecks = [s for s in (decided.recheck_seconds,
@@ -200,11 +204,14 @@ def prune(kube: Kube, desired: list[dict[str, Any]], live: dict[Key, dict[str, A
 def _status_inputs(
     kube: Kube, parent: Mapping[str, Any], live: Mapping[Key, dict[str, Any]], spec: InferenceSpec | None, *,
     blocked: Problem | None = None, material: TlsMaterial | None = None, stable: str | None = None,
-    rollout: Mapping[str, Any] | None = None,
+    rollout: Mapping[str, Any] | None = None, sized: rightsizing.Decision | None = None,
 ) -> StatusInputs:
     meta = parent["metadata"]
     if rollout is None and blocked is not None:  # nothing was planned: keep what the last reconcile said
         rollout = (parent.get("status") or {}).get("rollout")
+    recommendation = sized.recommendation if sized else None
+    if blocked is not None:  # nothing was measured: keep the last recommendation
+        recommendation = (parent.get("status") or {}).get("recommendation")
     deployment = live.get((kinds.DEPLOYMENT.kind, stable or naming.deployment_name(meta["name"])))
     pods = _pods(live)
     # Only a GPU provider asked first can fall back: then ask the ready servers what they got.
@@ -214,6 +221,7 @@ def _status_inputs(
         name=meta["name"], namespace=meta["namespace"], generation=meta.get("generation", 1), spec=spec,
         observed=conditions.Observed(deployment, pods, providers, fetchprogress.of_pods(kube, pods)), blocked=blocked,
         certificate_not_after=material.server.cert.not_valid_after_utc if material else None, rollout=rollout,
+        recommendation=recommendation, recommendation_condition=sized.condition if sized else None,
     )
 
 

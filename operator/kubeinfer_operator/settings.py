@@ -24,6 +24,11 @@ class Settings:
     resync_seconds: float = 60.0
     metrics_port: int = 8081  # the operator's own /metrics; 0: off
     namespaces: tuple[str, ...] = ()
+    # spec.rightSizing reads the server containers' usage (cAdvisor's series) from this Prometheus; "": none.
+    prometheus_url: str = ""
+    usage_query_seconds: float = 300.0  # the least time between two reads of one InferenceDeployment's usage
+    usage_step_seconds: float = 30.0  # one usage sample per container per step
+    usage_history_seconds: float = DAY  # how far back the usage is read
 
     def __post_init__(self) -> None:
         if self.certificate_duration_seconds < 3600:
@@ -34,6 +39,11 @@ class Settings:
             raise ValueError("resync interval must be positive")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics port must be from 0 (off) to 65535")
+        if self.prometheus_url and not self.prometheus_url.startswith(("http://", "https://")):
+            raise ValueError("the Prometheus URL must start with http:// or https://")
+        if min(self.usage_query_seconds, self.usage_step_seconds) <= 0 \
+                or self.usage_history_seconds < self.usage_step_seconds:
+            raise ValueError("usage query and step seconds must be positive, the history at least one step")
 
 
 ENV_PREFIX = "KUBEINFER_"
@@ -68,6 +78,12 @@ FLAGS = (
     Flag("ca_duration_seconds", "ca-duration-seconds", int, "lifetime of each CA"),
     Flag("resync_seconds", "resync-seconds", float, "interval of the drift-repair and certificate-renewal resync"),
     Flag("metrics_port", "metrics-port", int, "port of the operator's own Prometheus /metrics; 0: off"),
+    Flag("prometheus_url", "prometheus-url", str,
+         "Prometheus with the kubelets' cAdvisor series, for spec.rightSizing; empty: no right-sizing data"),
+    Flag("usage_query_seconds", "usage-query-seconds", float,
+         "least seconds between two usage reads of one InferenceDeployment"),
+    Flag("usage_step_seconds", "usage-step-seconds", float, "seconds between two usage samples of a container"),
+    Flag("usage_history_seconds", "usage-history-seconds", float, "how many seconds of usage are read"),
 )
 
 

@@ -16,23 +16,33 @@ from typing import Any
 from kubeinfer_operator.canary import Analysis
 from kubeinfer_operator.defaults import (
     DEFAULT_ACCESS_LOG_SAMPLE_RATE,
+    DEFAULT_CPU_MAX,
+    DEFAULT_CPU_MIN,
+    DEFAULT_CPU_PERCENTILE,
     DEFAULT_ENGINE,
     DEFAULT_EXECUTION_PROVIDERS,
     DEFAULT_GPU_RESOURCE_NAME,
     DEFAULT_MAX_DEGRADATION,
     DEFAULT_MAX_ERROR_RATE,
     DEFAULT_MAX_LATENCY_RATIO,
+    DEFAULT_MEMORY_MAX,
+    DEFAULT_MEMORY_MIN,
+    DEFAULT_MEMORY_PERCENTILE,
     DEFAULT_MIN_SPEEDUP,
     DEFAULT_ON_REJECT,
     DEFAULT_REPLICAS,
     DEFAULT_RESOURCES,
+    DEFAULT_RIGHT_SIZING_MARGIN,
+    DEFAULT_RIGHT_SIZING_MODE,
     DEFAULT_ROLLOUT_STEPS,
     DEFAULT_ROLLOUT_STRATEGY,
     DEFAULT_TLS_MODE,
     INTEGER_FIELDS,
     IntegerField,
 )
+from kubeinfer_operator.drift import quantity
 from kubeinfer_operator.naming import SELECTOR_LABEL_KEYS
+from kubeinfer_operator.recommender import Policy
 from kubeinfer_operator.settings import Settings
 
 PROVIDERS = ("TensorRT", "CUDA", "CPU")
@@ -47,6 +57,8 @@ GPU_PROVIDERS = ("TensorRT", "CUDA")
 MAX_DEGRADATION_LIMIT, MIN_SPEEDUP_LIMIT = 1e6, 1000.0  # the CRD's maximums
 ROLLOUT_STRATEGIES = ("Replace", "Canary")
 MAX_LATENCY_RATIO_LIMIT = 100.0
+RIGHT_SIZING_MODES = ("Off", "Recommend", "InPlace")
+MIN_PERCENTILE = 0.5  # the CRD's minimum: a size below the median usage would throttle most of the time
 
 
 class SpecError(ValueError):
@@ -200,6 +212,49 @@ class Rollout:
 
 
 @dataclasses.dataclass(frozen=True)
+class SizeBounds:
+    """spec.rightSizing.cpu or .memory: the usage percentile to size by, and the clamps (quantities, as written)."""
+
+    percentile: float
+    min: str
+    max: str
+
+    @property
+    def min_value(self) -> float:
+        return float(quantity(self.min) or 0)
+
+    @property
+    def max_value(self) -> float:
+        return float(quantity(self.max) or 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RightSizing:
+    """spec.rightSizing: whether the server container's size is recommended (and applied in place), and how."""
+
+    mode: str = DEFAULT_RIGHT_SIZING_MODE
+    cpu: SizeBounds = SizeBounds(DEFAULT_CPU_PERCENTILE, DEFAULT_CPU_MIN, DEFAULT_CPU_MAX)
+    memory: SizeBounds = SizeBounds(DEFAULT_MEMORY_PERCENTILE, DEFAULT_MEMORY_MIN, DEFAULT_MEMORY_MAX)
+    margin: float = DEFAULT_RIGHT_SIZING_MARGIN
+    min_samples: int = INTEGER_FIELDS["rightSizing.minSamples"].default or 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "Off"
+
+    @property
+    def in_place(self) -> bool:
+        return self.mode == "InPlace"
+
+    @property
+    def policy(self) -> Policy:
+        """The recommender's policy: cores and bytes."""
+        return Policy(cpu_percentile=self.cpu.percentile, memory_percentile=self.memory.percentile,
+                      cpu_min=self.cpu.min_value, cpu_max=self.cpu.max_value, memory_min=self.memory.min_value,
+                      memory_max=self.memory.max_value, margin=self.margin, min_samples=self.min_samples)
+
+
+@dataclasses.dataclass(frozen=True)
 class InferenceSpec:
     """Everything the builders need, for one InferenceDeployment."""
 
@@ -219,6 +274,7 @@ class InferenceSpec:
     pod: PodSettings = PodSettings()
     optimization: Optimization | None = None
     rollout: Rollout = Rollout()
+    right_sizing: RightSizing = RightSizing()
 
     @property
     def desired_replicas(self) -> int:
@@ -241,13 +297,14 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings
         raise SpecError("spec.replicas and spec.autoscaling must not both be set")
     model = parse_model(name, get_object(spec, "model"))
     runtime = parse_runtime(get_object(spec, "runtime"), settings)
+    resources = parse_resources(spec.get("resources"))
     return InferenceSpec(
         name=name,
         namespace=namespace,
         model=model,
         runtime=runtime,
         batching=_batching(get_object(spec, "batching")),
-        resources=parse_resources(spec.get("resources")),
+        resources=resources,
         gpu=parse_gpu(spec.get("gpu")),
         node_selector={str(k): str(v) for k, v in get_object(spec, "nodeSelector").items()},
         tolerations=tuple(dict(t) for t in get_list(spec, "tolerations")),
@@ -258,6 +315,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], settings: Settings
         pod=parse_pod(spec),
         optimization=parse_optimization(spec.get("optimization"), model, runtime),
         rollout=parse_rollout(spec.get("rollout")),
+        right_sizing=parse_right_sizing(spec.get("rightSizing"), resources),
     )
 
 
@@ -359,6 +417,47 @@ def parse_rollout(raw: Any) -> Rollout:
             failure_limit=get_int(analysis, "rollout.analysis.failureLimit"),
         ),
     )
+
+
+def parse_right_sizing(raw: Any, resources: Mapping[str, Mapping[str, str]]) -> RightSizing:
+    """spec.rightSizing: Off by default; InPlace needs the server's cpu and memory named in resources."""
+    if raw is None:
+        return RightSizing()
+    if not isinstance(raw, Mapping):
+        raise SpecError("rightSizing must be an object")
+    if raw.get("mode", DEFAULT_RIGHT_SIZING_MODE) not in RIGHT_SIZING_MODES:
+        raise SpecError("rightSizing.mode must be one of Off, Recommend, InPlace (quote \"Off\" in YAML)")
+    sizing = RightSizing(
+        mode=str(raw.get("mode", DEFAULT_RIGHT_SIZING_MODE)),
+        cpu=_size_bounds(get_object(raw, "cpu"), "rightSizing.cpu", RightSizing().cpu),
+        memory=_size_bounds(get_object(raw, "memory"), "rightSizing.memory", RightSizing().memory),
+        margin=_number(raw, "rightSizing.margin", DEFAULT_RIGHT_SIZING_MARGIN, 1.0),
+        min_samples=get_int(raw, "rightSizing.minSamples"),
+    )
+    named = set(resources.get("requests") or {}) | set(resources.get("limits") or {})
+    if sizing.in_place and not {"cpu", "memory"} <= named:
+        raise SpecError("rightSizing.mode InPlace needs cpu and memory in resources.requests (or limits): "
+                        "a pod's QoS class cannot change in place")
+    return sizing
+
+
+def _size_bounds(raw: Mapping[str, Any], path: str, default: SizeBounds) -> SizeBounds:
+    bounds = SizeBounds(
+        percentile=_number(raw, f"{path}.percentile", default.percentile, 1.0, low=MIN_PERCENTILE),
+        min=_quantity(raw, f"{path}.min", default.min),
+        max=_quantity(raw, f"{path}.max", default.max),
+    )
+    if bounds.min_value > bounds.max_value:
+        raise SpecError(f"{path}.min must be at most {path}.max")
+    return bounds
+
+
+def _quantity(raw: Mapping[str, Any], path: str, default: str) -> str:
+    value = raw.get(path.rpartition(".")[2], default)
+    parsed = quantity(str(value)) if isinstance(value, int | str) and not isinstance(value, bool) else None
+    if parsed is None or parsed <= 0:
+        raise SpecError(f"{path} must be a positive quantity such as {default}")
+    return str(value)
 
 
 def _rollout_step(raw: Any) -> RolloutStep:

@@ -39,7 +39,8 @@ NON_DEFAULT = {
               "digest": "sha256:" + "a" * 64, "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "regcred"}],
     "operator": {"verbose": True, "clusterDomain": "corp.internal", "certificateDurationSeconds": 86400,
-                 "caDurationSeconds": 31536000, "resyncSeconds": 30, "healthPort": 9090, "metricsPort": 0},
+                 "caDurationSeconds": 31536000, "resyncSeconds": 30, "healthPort": 9090, "metricsPort": 0,
+                 "prometheusUrl": "http://prometheus.monitoring:9090"},
     "server": {"image": {"repository": "registry.example.com/kubeinfer/server-gpu", "tag": "0.1.0"}},
     "serviceAccount": {"create": True, "name": "infer-operator", "annotations": {"example.com/role": "x"}},
     "rbac": {"create": True, "aggregateToDefaultRoles": False},
@@ -140,6 +141,8 @@ def test_env_names_are_the_operators_settings(render):
     assert loaded.server_image == "registry.example.com/kubeinfer/server-gpu:0.1.0"
     assert (loaded.cluster_domain, loaded.certificate_duration_seconds) == ("corp.internal", 86400)
     assert (loaded.ca_duration_seconds, loaded.resync_seconds) == (31536000, 30.0)
+    assert loaded.prometheus_url == "http://prometheus.monitoring:9090"
+    assert "KUBEINFER_PROMETHEUS_URL" not in env_of(deployment(render()))  # default: no right-sizing data
 
 
 def test_non_default_values_reach_the_pod(render):
@@ -184,6 +187,7 @@ def expected_namespaced_grants() -> dict[tuple[str, str], set[str]]:
         expected[(naming.GROUP, f"{parent}/finalizers")] = {"update"}
     expected[("", "events")] = {"create"}
     expected[("", "pods/log")] = {"get"}  # kube.log_tail: fetchprogress
+    expected[("", "pods/resize")] = {"patch"}  # kube.resize_pod: rightsizer, spec.rightSizing InPlace
     return expected
 
 

@@ -3,7 +3,8 @@
 Covers: defaults; values from KUBEINFER_* environment variables, typed;
 flags win over the environment; invalid durations are refused; the CLI's
 flags (built from the same table as the variables) parse into the settings it
-runs with, over the environment's.
+runs with, over the environment's; the right-sizing settings (Prometheus URL,
+usage step and intervals) and their checks.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def test_flags_win_over_environment():
     {"certificate_duration_seconds": 60},
     {"certificate_duration_seconds": 86400, "ca_duration_seconds": 86400},
     {"resync_seconds": 0},
+    {"prometheus_url": "prometheus:9090"},
+    {"usage_step_seconds": 0},
+    {"usage_step_seconds": 60, "usage_history_seconds": 30},
 ])
 def test_invalid_settings_are_refused(overrides):
     with pytest.raises(ValueError):
@@ -63,6 +67,15 @@ def test_cli_flags():
     assert args.certificate_duration_seconds == 7200
     config = settings.load(cli.flag_values(args), env={"KUBEINFER_NAMESPACES": "c", "KUBEINFER_CLUSTER_DOMAIN": "x.y"})
     assert config.namespaces == ("a", "b") and config.server_image == "x/y:1" and config.cluster_domain == "x.y"
+
+
+def test_right_sizing_settings():
+    config = settings.load(env={"KUBEINFER_PROMETHEUS_URL": "http://prometheus.monitoring:9090",
+                                "KUBEINFER_USAGE_STEP_SECONDS": "15"})
+    assert config.prometheus_url == "http://prometheus.monitoring:9090" and config.usage_step_seconds == 15.0
+    assert settings.load(env={}).prometheus_url == ""  # no right-sizing data
+    args = cli.parse_args(["--prometheus-url", "http://127.0.0.1:9090", "--usage-query-seconds", "10"])
+    assert settings.load(cli.flag_values(args), env={}).usage_query_seconds == 10.0
 
 
 def test_kopf_progress_lives_in_annotations():

@@ -118,6 +118,11 @@ under exactly these rules.
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
+# spec.rightSizing mode InPlace: the running server pods are resized through
+# their resize subresource (a patch of the server container's resources).
+- apiGroups: [""]
+  resources: [pods/resize]
+  verbs: [patch]
 # Events about InferenceDeployments and InferenceBatchJobs (the reconcilers' and kopf's own).
 - apiGroups: [""]
   resources: [events]
