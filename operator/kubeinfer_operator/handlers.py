@@ -98,17 +98,21 @@ class Reconciler:
             return self._locks.setdefault(key, threading.Lock())
 
     def run(self, body: Mapping[str, Any]) -> None:
-        parent = dict(body)
-
-        def emit(kind: str, reason: str, message: str) -> None:
-            try:
-                self.kube.post_event(parent, kind, reason, message)
-            except ApiError as exc:  # an Event is worth a retry of nothing: the status says it too
-                log.warning("Could not post the Event %s about %s/%s: %s", reason, namespace, name, exc)
-
-        meta = parent["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
+        """Reconcile the parent ``body`` names, as the API server holds it now: a body from a watch event may
+        carry a status from before this operator's last write, and a rollout's progress lives there."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         with self._lock((namespace, name)):
+            kind = self.controller.kind
+            parent = self.kube.get(kind.api_version, kind.kind, namespace, name)
+            if parent is None or parent["metadata"].get("deletionTimestamp"):
+                return
+
+            def emit(type_: str, reason: str, message: str) -> None:
+                try:
+                    self.kube.post_event(parent, type_, reason, message)
+                except ApiError as exc:  # an Event is worth a retry of nothing: the status says it too
+                    log.warning("Could not post the Event %s about %s/%s: %s", reason, namespace, name, exc)
+
             started, result, outcome = time.monotonic(), opmetrics.ERROR, Outcome()
             try:
                 outcome = self.controller.reconcile(self.kube, parent, self.settings, dt.datetime.now(dt.UTC), emit)
@@ -145,12 +149,8 @@ class Reconciler:
         """Reconcile the current version of a parent, if it still exists."""
         with self._guard:
             self._pending.discard((namespace, name))
-        kind = self.controller.kind
-        parent = self.kube.get(kind.api_version, kind.kind, namespace, name)
-        if parent is None or parent["metadata"].get("deletionTimestamp"):
-            return
         try:
-            self.run(parent)
+            self.run({"metadata": {"namespace": namespace, "name": name}})
         except (InvalidSpec, MissingDependency):
             pass  # The status and an Event already say so.
 
