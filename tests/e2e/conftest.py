@@ -96,6 +96,7 @@ def installed(cluster, stack, tmp_path_factory):
         "watchNamespaces": [install.apps], "operator": {"resyncSeconds": 5}, **NODE_PLACEMENT}))
     cluster.helm("install", install.release, str(CHART), "--namespace", install.namespace,
                  "--create-namespace", "-f", str(values))
+    _INSTALLS[install.namespace] = cluster
     try:
         cluster.wait_for("the operator pod Ready on the real node",
                          lambda: operator_pod(cluster, install), timeout=90)
@@ -107,6 +108,23 @@ def installed(cluster, stack, tmp_path_factory):
         cluster.helm("uninstall", install.release, "--namespace", install.namespace, check=False)
         for ns in (install.apps, install.namespace):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+_INSTALLS: dict = {}  # operator namespace -> the cluster it is installed on
+
+
+@on_failure("installed")
+def _operator_log(install: Install) -> list[tuple[str, str]]:
+    """A failing e2e test's report carries the tail of the operator's log."""
+    cluster = _INSTALLS.get(install.namespace)
+    if cluster is None:
+        return []
+    pod = operator_pod(cluster, install)
+    if pod is None:
+        return [("operator log (tail)", "no ready operator pod")]
+    logs = cluster.kubectl("logs", "-n", install.namespace, pod["metadata"]["name"], "--tail=80", check=False,
+                           timeout=30)
+    return [("operator log (tail)", logs.stdout + logs.stderr)]
 
 
 @on_failure("stack")
