@@ -129,7 +129,8 @@ class Kube:
         """The last ``lines`` lines a container of a pod wrote (its current run)."""
         path = _path(kinds.POD.api_version, kinds.POD.kind, namespace, pod, "log")
         query = [("container", container), ("tailLines", str(lines))]
-        return self._call("GET", path, query, accept="text/plain").decode("utf-8", "replace")
+        # The log endpoint serves text but accepts only the API media types or */* in Accept.
+        return self._call("GET", path, query, accept="*/*").decode("utf-8", "replace")
 
     def resize_pod(self, namespace: str, pod: str, container: str, resources: Mapping[str, Any]) -> None:
         """In-place resize of one container of a running pod: a strategic merge patch of its resources
