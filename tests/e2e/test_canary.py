@@ -3,8 +3,9 @@ time (issue 15). Real pods on the real node, the operator in its pod, a client o
 (``e2ekit.clients.Load``: round robin over the ready endpoints) that counts each answer's model_version.
 
 One InferenceDeployment (``strategy: Canary``, one step at 50%, 5 s intervals) gets three new models in turn:
-- ``batch_trap``: loads and warms up, then fails at run time on any batch of more than one row: rolled back
-  on its error rate within the failure limit; the stable side served throughout;
+- ``batch_trap``: loads and warms up, then fails at run time on any batch of more than one row (the load
+  mixes one-row and two-row requests): rolled back on its error rate within the failure limit; the
+  stable side served throughout;
 - ``slow_mlp``: answers right, several times slower: rolled back on the p99 ratio;
 - the mlp with two layers: promoted through the step with no failed request, the canary's pods becoming
   the stable side; the answers' model_version shows both revisions served during the step and only the
@@ -60,18 +61,22 @@ def test_canaries_are_judged_under_load(cluster, stack, installed, tmp_path):
                          timeout=180)
         first = wait_phase(cluster, ns, ("Stable",))["stableRevision"]
         certs = write_secret(cluster, ns, f"{NAME}-client-load", tmp_path / "load")
-        load = Load(cluster, ns, NAME, certs, workers=4, rows=1).start()
+        # Mostly one-row requests, and some of two rows (what breaks the trap: a lone one-row request may
+        # run on its own, in a batch of one).
+        load = Load(cluster, ns, NAME, certs, workers=3, rows=1).start()
+        pairs = Load(cluster, ns, NAME, certs, workers=1, rows=2).start()
         try:
-            _rolled_back_on_errors(cluster, ns, stack, load, first)
+            _rolled_back_on_errors(cluster, ns, stack, pairs, first)
             _rolled_back_on_latency(cluster, ns, stack, load, first)
-            _promoted(cluster, ns, stack, load, first)
+            _promoted(cluster, ns, stack, load, pairs, first)
         finally:
             load.stop()
+            pairs.stop()
     finally:  # the node is shared by the whole e2e session
         cluster.kubectl("delete", "infd", NAME, "-n", ns, "--wait=true", "--timeout=60s", check=False, timeout=90)
 
 
-def _rolled_back_on_errors(cluster, ns, stack, load: Load, stable: str) -> None:
+def _rolled_back_on_errors(cluster, ns, stack, pairs: Load, stable: str) -> None:
     new_model(cluster, ns, stack.store.url("trap.onnx"))
     trap = wait_phase(cluster, ns, ("Progressing",))["canaryRevision"]
     done = wait_phase(cluster, ns, ("RolledBack",))
@@ -81,7 +86,7 @@ def _rolled_back_on_errors(cluster, ns, stack, load: Load, stable: str) -> None:
     cluster.wait_for("the canary's pods gone", lambda: not _pods(cluster, ns, trap), timeout=90)
     since = time.time()
     time.sleep(3)
-    assert not failures_since(load, since), "the stable side serves everything again"
+    assert not failures_since(pairs, since), "the stable side serves everything again"
     print(f"\ncanary rollback on errors: {done['message']}")
 
 
@@ -97,8 +102,8 @@ def _rolled_back_on_latency(cluster, ns, stack, load: Load, stable: str) -> None
     print(f"canary rollback on latency: {done['message']}")
 
 
-def _promoted(cluster, ns, stack, load: Load, stable: str) -> None:
-    failed_before, seen_before = len(load.failures), dict(load.versions)
+def _promoted(cluster, ns, stack, load: Load, pairs: Load, stable: str) -> None:
+    failed_before, seen_before, pairs_failed = len(load.failures), dict(load.versions), len(pairs.failures)
     new_model(cluster, ns, stack.store.url("mlp-2.onnx"))
     good = wait_phase(cluster, ns, ("Progressing",))["canaryRevision"]
     at_step = cluster.wait_for("answers from both revisions during the step", lambda: (
@@ -106,6 +111,7 @@ def _promoted(cluster, ns, stack, load: Load, stable: str) -> None:
     done = wait_phase(cluster, ns, ("Promoted",), timeout=180)
     assert done["stableRevision"] == good and done["history"][-1]["outcome"] == "Promoted"
     assert len(load.failures) == failed_before, load.failures[failed_before:][:5]
+    assert len(pairs.failures) == pairs_failed, pairs.failures[pairs_failed:][:5]
     cluster.wait_for("the old revision's pods gone", lambda: not _pods(cluster, ns, stable), timeout=120)
     seen = dict(load.versions)
     time.sleep(3)
