@@ -44,7 +44,7 @@ def plan(parent: Mapping[str, Any], spec: InferenceSpec, live: Mapping[tuple[str
             and previous.get("canaryRevision") == wanted and wanted != stable.revision:
         judged = canarywatch.judge_interval(meta["uid"], wanted, stable.revision, pods, spec.model.name,
                                             spec.rollout.analysis)
-        canary_pods = [p for p in pods if (p["metadata"].get("labels") or {}).get(naming.REVISION_LABEL) == wanted]
+        canary_pods = [p for p in pods if naming.revision_of(p) == wanted]
         problem = conditions.pod_problem(spec, canary_pods)
         broken = f"{problem.reason}: {problem.message}" if problem is not None else None
     decided = rollout.plan(spec, wanted, stable, canary_side, previous, judged, command, now, broken)

@@ -48,8 +48,7 @@ def forget(parent_uid: str) -> None:
 def _scrape(pods: Sequence[Mapping[str, Any]], revision: str, model: str) -> canary.Scrape:
     texts = []
     for pod in pods:
-        labels = pod["metadata"].get("labels") or {}
-        if labels.get(naming.REVISION_LABEL) != revision or not podmetrics.ready(pod):
+        if naming.revision_of(pod) != revision or not podmetrics.ready(pod):
             continue
         text = podmetrics.metrics_text(pod["status"]["podIP"])
         if text is not None:

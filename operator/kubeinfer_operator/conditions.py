@@ -322,8 +322,7 @@ def stable_pods(pods: Sequence[Mapping[str, Any]], canary: Mapping[str, Any] | N
     """The pods that are not a running canary's: what Ready and the pods' problems speak of."""
     if not canary or canary.get("phase") not in (rollout.PROGRESSING, rollout.PAUSED):
         return list(pods)
-    return [p for p in pods if (p["metadata"].get("labels") or {}).get(naming.REVISION_LABEL)
-            != canary.get("canaryRevision")]
+    return [p for p in pods if naming.revision_of(p) != canary.get("canaryRevision")]
 
 
 def _canary_progressing(canary: Mapping[str, Any] | None) -> Condition | None:

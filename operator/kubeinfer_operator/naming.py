@@ -7,6 +7,7 @@ operator finds what it made before instead of making it twice.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 GROUP = "kubeinfer.io"
 VERSION = "v1alpha1"
@@ -68,6 +69,11 @@ def selector_string(name: str) -> str:
 def children_selector(name: str) -> str:
     """Selects every child of ``name`` (and its pods)."""
     return selector_string(name) + f",app.kubernetes.io/managed-by={MANAGED_BY}"
+
+
+def revision_of(pod: Mapping[str, Any]) -> str:
+    """The revision a server pod runs (its ``REVISION_LABEL``; "" for a pod made before rollouts)."""
+    return str((pod["metadata"].get("labels") or {}).get(REVISION_LABEL, ""))
 
 
 def deployment_name(name: str) -> str:

@@ -87,14 +87,15 @@ def reconcile(kube: Kube, parent: Mapping[str, Any], settings: Settings, now: dt
     apply_all(kube, desired, live, emit)
     prune(kube, desired, live, emit)
     canaryrollout.after_apply(kube, parent, decided, emit)
+    pods = _pods(live)
     # spec.rightSizing: the recommendation for the status (None when Off); InPlace resizes pods, not while judging.
-    sized = rightsizer.run(kube, parent, spec, _pods(live), settings, now, emit, may_resize=not decided.analysing)
+    sized = rightsizer.run(kube, parent, spec, pods, settings, now, emit, may_resize=not decided.analysing)
     inputs = _status_inputs(kube, parent, live, spec, material=material, stable=deployments[0]["metadata"]["name"],
                             rollout=decided.status, sized=sized)
     _write_status(kube, parent, inputs, now, emit)
     # A fetch changes no object while it runs: look again to show how far it has come.
     rechecks = [s for s in (decided.recheck_seconds,
-                            fetchprogress.RECHECK_SECONDS if fetchprogress.fetching(_pods(live)) else None) if s]
+                            fetchprogress.RECHECK_SECONDS if fetchprogress.fetching(pods) else None) if s]
     return Outcome(material.server.cert.not_valid_after_utc if material else None, min(rechecks, default=None))
 
 
