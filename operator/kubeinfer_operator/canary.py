@@ -9,7 +9,8 @@ figures from two scrapes of the servers' own metrics, and the verdict.
   and ``kubeinfer_request_duration_seconds`` (summed over a side's pods):
   requests, the server's errors (codes that are the client's own do not count
   against a canary: a bad input, an unknown model, a refused identity, a
-  deadline the client set, a cancel), and p99 from the histogram's bucket deltas.
+  deadline the client set, a cancel), and p99 from the histogram's bucket deltas,
+  interpolated inside its bucket.
 - The verdict: Inconclusive below ``minRequests``; Fail when the error rate
   passes ``maxErrorRate`` or the canary's p99 passes ``maxLatencyRatio`` times
   the stable's (same interval); else Pass.
@@ -119,14 +120,20 @@ def window(before: Scrape, after: Scrape) -> Window:
 
 
 def _percentile_ms(cumulative: list[tuple[float, float]], share: float) -> float | None:
-    """The bucket bound (ms) under which ``share`` of the interval's requests fell; the last finite one for +Inf."""
+    """The ``share`` quantile (ms) of the interval's requests, interpolated linearly inside its bucket as
+    Prometheus' ``histogram_quantile`` does (the bucket bounds are 2 to 2.5 times apart: their bounds alone
+    could not tell a ratio of 1.5). Past the last finite bound: that bound, a floor."""
     if not cumulative or not cumulative[-1][1]:
         return None
     wanted = share * cumulative[-1][1]
-    finite = [b for b, _ in cumulative if not math.isinf(b)]
+    lower, below = 0.0, 0.0
     for bound, count in cumulative:
         if count >= wanted:
-            return (bound if not math.isinf(bound) else (finite[-1] if finite else 0.0)) * 1000
+            if math.isinf(bound):
+                return lower * 1000
+            inside = count - below
+            return (lower + (bound - lower) * ((wanted - below) / inside if inside else 1.0)) * 1000
+        lower, below = bound, count
     return None
 
 

@@ -92,6 +92,24 @@ def test_server_errors_and_counter_resets():
     assert window(after, restarted).requests == 0  # a counter that went down counts nothing, never negative
 
 
+def _tail(under_25ms: int, total: int = 1000) -> Window:
+    """A side's interval: none under 10 ms, ``under_25ms`` of ``total`` under 25 ms, the rest under 50 ms."""
+    empty = Scrape({}, ((0.01, 0.0), (0.025, 0.0), (0.05, 0.0), (float("inf"), 0.0)))
+    seen = Scrape({"OK": float(total)}, ((0.01, 0.0), (0.025, float(under_25ms)), (0.05, float(total)),
+                                         (float("inf"), float(total))))
+    return window(empty, seen)
+
+
+def test_p99_is_interpolated_inside_its_bucket():
+    stable, canary = _tail(995), _tail(985)
+    assert stable.p99_ms == pytest.approx(10 + 15 * 990 / 995)  # 24.9 ms, inside the 10 to 25 ms bucket
+    assert canary.p99_ms == pytest.approx(25 + 25 * 5 / 15)  # 33.3 ms, just past the 25 ms bound
+    # The buckets are 2 to 2.5 times apart: by their bounds alone these two would be 50 against 25 ms, a ratio
+    # of 2 for a tail that differs by 1% of the requests.
+    assert judge(canary, stable, Analysis(min_requests=200, max_latency_ratio=1.5)).outcome == PASS
+    assert judge(_tail(900), stable, Analysis(min_requests=200, max_latency_ratio=1.5)).outcome == FAIL
+
+
 ANALYSIS = Analysis(min_requests=200, max_error_rate=0.01, max_latency_ratio=1.5)
 
 
