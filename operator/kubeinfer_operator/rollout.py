@@ -203,8 +203,16 @@ def _progress(spec: InferenceSpec, revision: str, stable: Side, canary_side: Sid
     targets = (Target(stable.name, naming.STABLE, stable_replicas, False),
                Target(canary_name, naming.CANARY, canary_replicas, True))
     return Plan(targets, state, tuple(events), clear_command=command == "promote",
-                recheck_seconds=float(min(analysis.interval_seconds, max(
-                    1, steps[state["step"] - 1].pause_seconds - _elapsed(state, now)))))
+                recheck_seconds=_next_check(analysis.interval_seconds,
+                                            steps[state["step"] - 1].pause_seconds - _elapsed(state, now)))
+
+
+def _next_check(interval_seconds: int, pause_left: float) -> float:
+    """Seconds to the next look: the pause's end, or the next interval's verdict once the pause is over
+    (a canary without traffic waits at its step: once an interval, not once a second)."""
+    if pause_left <= 0:
+        return float(interval_seconds)
+    return float(min(interval_seconds, max(1.0, pause_left)))
 
 
 def _split(spec: InferenceSpec, stable: Side, weight: int) -> tuple[int | None, int]:

@@ -87,8 +87,10 @@ def test_steps_advance_after_the_pause_and_a_pass_only(make_spec):
 
     waiting = step(status, _judged(canary.INCONCLUSIVE, requests=3), 120)
     assert waiting.status["step"] == 1 and "waiting for an interval" in waiting.status["message"]
-    early = step(waiting.status, _judged(canary.PASS), 30)
+    assert waiting.recheck_seconds == 30  # the pause is over: the next look is at the next interval's verdict
+    early = step(waiting.status, _judged(canary.PASS), 50)
     assert early.status["step"] == 1 and early.status["passes"] == 1
+    assert early.recheck_seconds == 10  # the pause's end comes before the next interval
     second = step(early.status, None, 61)
     assert second.status["step"] == 2 and second.status["weight"] == 50
     assert [t.replicas for t in second.targets] == [5, 5]
