@@ -13,18 +13,16 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from kubeinfer_operator import canarywatch, conditions, kinds, naming, rollout
 from kubeinfer_operator.builders.deployment import Placement, build_deployment, revision
-from kubeinfer_operator.kube import Kube
+from kubeinfer_operator.kube import Emit, Kube
 from kubeinfer_operator.settings import Settings
 from kubeinfer_operator.spec import InferenceSpec, SpecError, parse
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[[str, str, str], None]
 
 
 def plan(parent: Mapping[str, Any], spec: InferenceSpec, live: Mapping[tuple[str, str], Mapping[str, Any]],

@@ -186,16 +186,23 @@ def loading(spec: InferenceSpec, pods: Sequence[Mapping[str, Any]],
     for pod in pods:
         if _get(pod, "metadata", "deletionTimestamp"):
             continue
+        if fetch_running(pod):
+            progress = (fetched or {}).get(pod["metadata"]["name"])
+            return f"Fetching the model from {spec.model.uri}" + (f": {progress}" if progress else "")
         for status in _get(pod, "status", "initContainerStatuses", default=[]) or []:
-            if status.get("name") == FETCH_CONTAINER and _running(status):
-                progress = (fetched or {}).get(pod["metadata"]["name"])
-                return f"Fetching the model from {spec.model.uri}" + (f": {progress}" if progress else "")
             if status.get("name") == OPTIMIZE_CONTAINER and _running(status) and spec.optimization:
                 return f"Optimizing the model ({spec.optimization.method}) and measuring it beside the original"
         for status in _get(pod, "status", "containerStatuses", default=[]) or []:
             if _running(status) and not status.get("ready"):
                 return f"Loading and warming up the model {spec.model.name}"
     return None
+
+
+def fetch_running(pod: Mapping[str, Any]) -> bool:
+    """Whether ``pod`` (not being deleted) is in its model fetch step now."""
+    return not _get(pod, "metadata", "deletionTimestamp") and any(
+        status.get("name") == FETCH_CONTAINER and _running(status)
+        for status in _get(pod, "status", "initContainerStatuses", default=[]) or [])
 
 
 def _running(status: Mapping[str, Any]) -> bool:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kubeinfer_operator import conditions
 from kubeinfer_operator.builders.podparts import FETCH_CONTAINER
 from kubeinfer_operator.kube import ApiError, Kube
 
@@ -37,9 +38,7 @@ def parse(line: str) -> str | None:
 
 def fetching(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The pods whose fetch step is running now."""
-    return [pod for pod in pods if not pod["metadata"].get("deletionTimestamp") and any(
-        status.get("name") == FETCH_CONTAINER and "running" in (status.get("state") or {})
-        for status in (pod.get("status") or {}).get("initContainerStatuses") or [])]
+    return [pod for pod in pods if conditions.fetch_running(pod)]
 
 
 def of_pods(kube: Kube, pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:

@@ -23,6 +23,8 @@ from kubeinfer_operator import kinds, naming
 
 log = logging.getLogger(__name__)
 
+Emit = Callable[[str, str, str], None]  # (Normal|Warning, reason, message): an Event about the object reconciled
+
 # (apiVersion, kind) -> (path prefix, plural), from the kinds table. Static: no discovery round trips.
 RESOURCES = {(k.api_version, k.kind): (k.path_prefix, k.plural) for k in kinds.ALL}
 

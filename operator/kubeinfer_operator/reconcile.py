@@ -13,7 +13,7 @@ import base64
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubeinfer_operator import (
@@ -31,13 +31,12 @@ from kubeinfer_operator import (
 )
 from kubeinfer_operator.certificate_plan import TlsMaterial, plan_certificates
 from kubeinfer_operator.conditions import Problem, StatusInputs
-from kubeinfer_operator.kube import Kube
+from kubeinfer_operator.kube import Emit, Kube
 from kubeinfer_operator.settings import Settings
 from kubeinfer_operator.spec import InferenceSpec, SpecError, parse
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, str, str], None]  # (Normal|Warning, reason, message)
 Key = tuple[str, str]  # (kind, name)
 
 
