@@ -37,28 +37,31 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import platform
-import re
-import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
+from clusterbench import (
+    BenchError,
+    Installed,
+    Kube,
+    Results,
+    Section,
+    common_arguments,
+    failures_summary,
+    fmt_s,
+    infd_ready,
+    run,
+    say,
+    wait,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-import monitoring
 from devkit.models import make_mlp
-from devkit.processes import running_pid
 from e2ekit.clients import (
     DIRECT,
     NODE_PLACEMENT,
@@ -71,12 +74,6 @@ from e2ekit.clients import (
     served_by,
     write_secret,
 )
-from e2ekit.stack import STORE_PID, store_url
-from localcluster import Cluster
-from localcluster.nodeconfig import NAME as NODE
-from localcluster.pki import kubeconfig_opener
-
-REPO = Path(__file__).resolve().parents[1]
 
 NAME = "bench"
 MODEL_FILE = "bench-mlp.onnx"
@@ -85,74 +82,7 @@ SCALE_DOWN_WINDOW = 20
 MIN_REPLICAS, MAX_REPLICAS = 1, 3
 HEAVY_WORKERS, HEAVY_ROWS = 16, 32
 LIGHT_WORKERS, LIGHT_ROWS = 2, 1
-SECTION = "## End to end: autoscaling on the local cluster"
-BEGIN, END = "<!-- e2e_bench:begin -->", "<!-- e2e_bench:end -->"
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def wait(what: str, check, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = check()
-        except (OSError, ValueError, KeyError, RuntimeError, AttributeError, TypeError):
-            found = None
-        if found:
-            return found
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-# -- the cluster ------------------------------------------------------------------------
-class Kube:
-    """kubectl/helm through the project's binaries, plus direct API reads (cheap polling)."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.server, self._api = kubeconfig_opener(cluster.kubeconfig)
-
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60):
-        return self.cluster.kubectl(*args, check=check, input=input, timeout=timeout)
-
-    def helm(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
-        home = self.cluster.workdir / "helm"
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig),
-               "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
-               "HELM_DATA_HOME": str(home / "data")}
-        proc = subprocess.run([str(self.cluster.bins / "helm"), *args], env=env, capture_output=True,
-                              text=True, timeout=timeout)
-        if check and proc.returncode:
-            raise BenchError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-        return proc
-
-    def get(self, path: str, timeout: float = 5) -> dict | None:
-        """GET an API path; None when it does not exist."""
-        try:
-            with self._api.open(self.server + path, timeout=timeout) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise
-
-
-def stack_state(cluster: Cluster) -> dict[str, bool]:
-    workdir = cluster.workdir
-    return {"cluster": cluster.readyz(), "monitoring": all(monitoring.running(workdir).values()),
-            "model store": running_pid(workdir / STORE_PID) is not None}
-
-
-def make(target: str, timeout: float) -> None:
-    say(f"make {target}")
-    subprocess.run(["make", "--no-print-directory", target], cwd=REPO, check=True, timeout=timeout)
+SECTION = Section("## End to end: autoscaling on the local cluster", "e2e_bench")
 
 
 # -- observation ------------------------------------------------------------------------
@@ -267,16 +197,6 @@ def secret_cert(kube: Kube, ns: str, name: str) -> bytes:
 
 
 
-def failures_summary(failures: list) -> str:
-    if not failures:
-        return ""
-    kinds: dict[str, int] = {}
-    for _t, message in failures:
-        key = message.splitlines()[0][:120]
-        kinds[key] = kinds.get(key, 0) + 1
-    return "; ".join(f"{n}x {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:3])
-
-
 # -- the benchmark ----------------------------------------------------------------------
 def infd_manifest(ns: str, duration: int, uri: str) -> dict:
     return {"apiVersion": "kubeinfer.io/v1alpha1", "kind": "InferenceDeployment",
@@ -289,35 +209,6 @@ def infd_manifest(ns: str, duration: int, uri: str) -> dict:
                      "tls": {"mode": "Mutual", "clients": [{"name": "load"}],
                              "certificateDurationSeconds": duration},
                      **NODE_PLACEMENT}}
-
-
-def infd_ready(kube: Kube, ns: str) -> bool:
-    obj = kube.get(f"/apis/kubeinfer.io/v1alpha1/namespaces/{ns}/inferencedeployments/{NAME}") or {}
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in obj.get("status", {}).get("conditions", []))
-
-
-def operator_ready(kube: Kube, ns: str) -> bool:
-    for pod in (kube.get(f"/api/v1/namespaces/{ns}/pods") or {"items": []})["items"]:
-        conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
-        if pod["spec"].get("nodeName") == NODE and conds.get("Ready") == "True":
-            return True
-    return False
-
-
-@dataclass
-class Results:
-    rows: list = field(default_factory=list)   # (measure, value, want, verdict)
-    notes: list = field(default_factory=list)
-
-    def add(self, measure: str, value: str, want: str = "", ok: bool | None = None) -> None:
-        verdict = "" if ok is None else ("PASS" if ok else "FAIL")
-        self.rows.append((measure, value, want, verdict))
-        say(f"  {measure}: {value}" + (f"  [{verdict}]" if verdict else ""))
-
-
-def fmt_s(value: float | None) -> str:
-    return "not reached" if value is None else f"{value:.1f} s"
 
 
 def scale_out(kube, stack, ns, sampler, certs, res: Results, timeout: float) -> tuple[Load, float]:
@@ -518,170 +409,76 @@ def rotation(kube, ns, certs, workdir: Path, res: Results) -> None:
 
 
 # -- output -----------------------------------------------------------------------------
-def table(res: Results) -> str:
-    lines = ["| measure | value | want | |", "|---|---|---|---|"]
-    lines += [f"| {m} | {v} | {w} | {k} |" for m, v, w, k in res.rows]
-    return "\n".join(lines)
-
-
-def markdown(res: Results, header: str, args) -> str:
-    notes = "\n".join(f"- {n}" for n in res.notes)
-    return "\n\n".join(part for part in [
-        BEGIN, SECTION,
-        f"Written by `bench/e2e_bench.py` (`.venv/bin/python bench/e2e_bench.py --steady-seconds "
-        f"{args.steady_seconds:g} --markdown ...`). {header}",
-        "Real control plane, the chart's operator pod and kubeinfer-server pods run as containers by the "
-        "real node's kubelet, Prometheus + prometheus-adapter feeding the operator's HPA "
-        f"(min {MIN_REPLICAS}, max {MAX_REPLICAS}, target queue depth {TARGET_QUEUE_DEPTH}, scale-down window "
-        f"{SCALE_DOWN_WINDOW} s). Load: the e2e kit's tritonclient `Load` over mTLS, round robin over the "
-        f"headless Service's ready endpoints ({HEAVY_WORKERS} threads x {HEAVY_ROWS} rows; scale-in: "
-        f"{LIGHT_WORKERS} threads x {LIGHT_ROWS} row; rotation: 2 threads x 4 rows + a new channel per call "
-        "every 0.2 s). Times are seconds from the step; polling every 0.25-0.5 s.",
-        table(res), notes, END] if part)
-
-
-def write_markdown(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# kubeinfer benchmark results\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: body, text, flags=re.S)
-    elif SECTION in text:  # a hand-made section without markers: up to the next heading of that level
-        start = text.index(SECTION)
-        nxt = re.search(r"^(## |<!-- )", text[start + len(SECTION):], flags=re.M)
-        end = start + len(SECTION) + nxt.start() if nxt else len(text)
-        text = text[:start] + body + "\n\n" + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text.rstrip("\n") + "\n")
+def describe(args: argparse.Namespace):
+    def markdown(res: Results, header: str) -> str:
+        return SECTION.markdown(
+            res,
+            f"Written by `bench/e2e_bench.py` (`.venv/bin/python bench/e2e_bench.py --steady-seconds "
+            f"{args.steady_seconds:g} --markdown ...`). {header}",
+            "Real control plane, the chart's operator pod and kubeinfer-server pods run as containers by the "
+            "real node's kubelet, Prometheus + prometheus-adapter feeding the operator's HPA "
+            f"(min {MIN_REPLICAS}, max {MAX_REPLICAS}, target queue depth {TARGET_QUEUE_DEPTH}, scale-down window "
+            f"{SCALE_DOWN_WINDOW} s). Load: the e2e kit's tritonclient `Load` over mTLS, round robin over the "
+            f"headless Service's ready endpoints ({HEAVY_WORKERS} threads x {HEAVY_ROWS} rows; scale-in: "
+            f"{LIGHT_WORKERS} threads x {LIGHT_ROWS} row; rotation: 2 threads x 4 rows + a new channel per call "
+            "every 0.2 s). Times are seconds from the step; polling every 0.25-0.5 s.")
+    return markdown
 
 
 # -- main -------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steady-seconds", type=float, default=300,
-                        help="steady-load period once scaled out (default 300)")
-    parser.add_argument("--markdown", type=Path, help="write the section into this file")
-    parser.add_argument("--keep-stack", action="store_true",
-                        help="leave a cluster/e2e stack this script started running")
-    parser.add_argument("--scale-out-timeout", type=float, default=240)
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("error: needs root (the real node runs containers)", file=sys.stderr)
-        return 2
-
-    def on_term(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_term)
-
-    started = time.monotonic()
-    cluster = Cluster(REPO / ".cluster")
-    state = stack_state(cluster)
-    say("Found: " + ", ".join(f"{k} {'up' if v else 'down'}" for k, v in state.items()))
-    started_cluster, started_stack = not state["cluster"], not all(state.values())
-    res = Results()
-    kube = ns = op_ns = release = sampler = None
-    failed: str | None = None
-    try:
-        if started_stack:
-            make("e2e-up", timeout=1800)
-        if not cluster.readyz():
-            raise BenchError("the cluster does not answer /readyz after make e2e-up")
-        kube = Kube(cluster)
-        stack = json.loads((cluster.workdir / "monitoring.json").read_text())
-        workdir = cluster.workdir / "e2e-bench"
-        workdir.mkdir(exist_ok=True)
-        model = cluster.workdir / "model-store" / MODEL_FILE
+def measure(args: argparse.Namespace):
+    def autoscaling(installed: Installed, res: Results) -> None:
+        kube, ns = installed.kube, installed.ns
+        model = installed.store_dir / MODEL_FILE
         if not model.exists():
             make_mlp(model)
-
-        suffix = uuid.uuid4().hex[:6]
-        ns, op_ns, release = f"e2e-bench-{suffix}", f"kubeinfer-bench-{suffix}", f"kubeinfer-bench-{suffix}"
-        say(f"helm install {release} (operator namespace {op_ns}, watching {ns})")
-        kube.kubectl("create", "namespace", ns)
-        values = workdir / "values.json"
-        values.write_text(json.dumps({"watchNamespaces": [ns], "operator": {"resyncSeconds": 5},
-                                      **NODE_PLACEMENT}))
-        t = time.monotonic()
-        kube.helm("install", release, str(REPO / "charts" / "kubeinfer"), "--namespace", op_ns,
-                  "--create-namespace", "-f", str(values))
-        wait("the operator pod Ready on the real node", lambda: operator_ready(kube, op_ns), timeout=120)
-        say(f"  operator Ready in {time.monotonic() - t:.1f}s")
-
         say(f"Applying InferenceDeployment {ns}/{NAME} (autoscaling {MIN_REPLICAS}-{MAX_REPLICAS}, "
             f"target queue depth {TARGET_QUEUE_DEPTH}, scale-down window {SCALE_DOWN_WINDOW}s, mTLS)")
         t = time.monotonic()
-        uri = store_url(cluster.workdir, MODEL_FILE)
-        kube.kubectl("apply", "-f", "-", input=json.dumps(infd_manifest(ns, 3600, uri)))
-        wait("the InferenceDeployment Ready", lambda: infd_ready(kube, ns), timeout=180)
+        kube.kubectl("apply", "-f", "-", input=json.dumps(infd_manifest(ns, 3600, installed.model_uri(MODEL_FILE))))
+        wait("the InferenceDeployment Ready", lambda: infd_ready(kube, ns, NAME), timeout=180)
         say(f"  Ready in {time.monotonic() - t:.1f}s")
-        certs = write_secret(kube, ns, f"{NAME}-client-load", workdir / "client")
+        certs = write_secret(kube, ns, f"{NAME}-client-load", installed.workdir / "client")
         sampler = Sampler(kube, ns, NAME).start()
-
-        def idle_with_metrics():
-            s = sampler.latest()
-            return s if (s and s.queue_depth is not None and s.hpa_desired == 1 and s.spec_replicas == 1
-                         and s.ready_replicas == 1 and len(s.pods) == 1) else None
-        wait("the HPA to read the queue-depth metric at one replica", idle_with_metrics, timeout=120)
-        say("  the HPA reads kubeinfer_queue_depth; one pod serving")
-
-        heavy, t_step = scale_out(kube, stack, ns, sampler, certs, res, args.scale_out_timeout)
         try:
-            steady(kube, ns, sampler, heavy, t_step, args.steady_seconds, res)
+            _measure(installed, sampler, certs, res, args)
         finally:
-            heavy.stop()
-        res.add("heavy load overall: requests OK / failed", f"{heavy.ok} / {len(heavy.failures)}",
-                "failed 0", not heavy.failures)
-        if heavy.failures:
-            res.notes.append(f"heavy load failures: {failures_summary(heavy.failures)}")
-        scale_in(kube, ns, sampler, certs, res)
-        rotation(kube, ns, certs, workdir, res)
-        if sampler.errors:
-            res.notes.append(f"API polling errors (skipped samples): {sampler.errors}")
-    except (BenchError, KeyboardInterrupt, subprocess.SubprocessError, RuntimeError, OSError) as exc:
-        failed = f"{type(exc).__name__}: {exc}"
-        say(f"ERROR: {failed}")
-        res.notes.append(f"run aborted: {failed}")
-    finally:
-        if sampler:
             sampler.stop()
-        cleanup(cluster, kube, ns, op_ns, release, started_cluster, started_stack, args.keep_stack)
-
-    header = (f"{datetime.now().isoformat(timespec='seconds')}, {os.cpu_count()} CPUs, {platform.node()}, "
-              f"total {time.monotonic() - started:.0f} s" + (", ABORTED" if failed else ""))
-    print(f"\nkubeinfer e2e autoscaling bench: {header}\n")
-    print(table(res))
-    for note in res.notes:
-        print(f"- {note}")
-    if args.markdown:
-        write_markdown(args.markdown, markdown(res, header, args))
-        print(f"\nwrote the section to {args.markdown}")
-    if failed:
-        return 1
-    return 0 if all(row[3] != "FAIL" for row in res.rows) else 3
+    return autoscaling
 
 
-def cleanup(cluster, kube, ns, op_ns, release, started_cluster, started_stack, keep) -> None:
-    def step(what, fn):
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001  (keep cleaning up)
-            say(f"  cleanup: {what} failed: {exc}")
-    say("Cleaning up")
-    if kube and ns:
-        step("delete the InferenceDeployment", lambda: kube.kubectl(
-            "delete", "infd", "--all", "-n", ns, "--wait=true", "--timeout=90s", check=False, timeout=120))
-    if kube and release:
-        step("helm uninstall", lambda: kube.helm("uninstall", release, "--namespace", op_ns, check=False))
-    if kube:
-        for name in (ns, op_ns):
-            if name:
-                step(f"delete namespace {name}", lambda name=name: kube.kubectl(
-                    "delete", "namespace", name, "--wait=false", check=False))
-    if keep:
-        return
-    if started_cluster:
-        step("make cluster-down", lambda: make("cluster-down", timeout=300))
-    elif started_stack:
-        step("make e2e-down", lambda: make("e2e-down", timeout=300))
+def _measure(installed: Installed, sampler: Sampler, certs: Path, res: Results, args) -> None:
+    kube, ns = installed.kube, installed.ns
+
+    def idle_with_metrics():
+        s = sampler.latest()
+        return s if (s and s.queue_depth is not None and s.hpa_desired == 1 and s.spec_replicas == 1
+                     and s.ready_replicas == 1 and len(s.pods) == 1) else None
+    wait("the HPA to read the queue-depth metric at one replica", idle_with_metrics, timeout=120)
+    say("  the HPA reads kubeinfer_queue_depth; one pod serving")
+
+    heavy, t_step = scale_out(kube, installed.stack, ns, sampler, certs, res, args.scale_out_timeout)
+    try:
+        steady(kube, ns, sampler, heavy, t_step, args.steady_seconds, res)
+    finally:
+        heavy.stop()
+    res.add("heavy load overall: requests OK / failed", f"{heavy.ok} / {len(heavy.failures)}",
+            "failed 0", not heavy.failures)
+    if heavy.failures:
+        res.notes.append(f"heavy load failures: {failures_summary(heavy.failures)}")
+    scale_in(kube, ns, sampler, certs, res)
+    rotation(kube, ns, certs, installed.workdir, res)
+    if sampler.errors:
+        res.notes.append(f"API polling errors (skipped samples): {sampler.errors}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--steady-seconds", type=float, default=300,
+                        help="steady-load period once scaled out (default 300)")
+    parser.add_argument("--scale-out-timeout", type=float, default=240)
+    args = parser.parse_args(argv)
+    return run("kubeinfer e2e autoscaling bench", "e2e-bench", args, measure(args), describe(args), SECTION)
 
 
 if __name__ == "__main__":

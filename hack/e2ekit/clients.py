@@ -109,7 +109,11 @@ def answer(c: tc.InferenceServerClient, model: str, x: np.ndarray, timeout: floa
 
 @dataclass
 class Load:
-    """``workers`` threads calling ``model`` back to back until ``stop``; counts every outcome."""
+    """``workers`` threads calling ``model`` back to back until ``stop``; counts every outcome.
+
+    ``through``: one address (the Service's ClusterIP; port 8001) to call instead of the headless Service's
+    ready endpoints: one channel, one connection, a pod picked by kube-proxy each time it reconnects.
+    """
 
     cluster: object
     namespace: str
@@ -121,6 +125,7 @@ class Load:
     failures: list = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)  # model_version (the revision) -> answers
     addresses: list = field(default_factory=list)
+    through: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _client: object = None
@@ -136,6 +141,11 @@ class Load:
         return self
 
     def _refresh(self) -> None:
+        if self.through:
+            if not self.addresses:
+                server = f"{self.name}.{self.namespace}.svc"
+                self._client, self.addresses = client([self.through], self.certs, server), [self.through]
+            return
         found = ready_addresses(self.cluster, self.namespace, f"{self.name}-headless")
         if found and found != self.addresses:
             server = f"{self.name}-headless.{self.namespace}.svc"
@@ -159,6 +169,11 @@ class Load:
             except (InferenceServerException, grpc.RpcError) as exc:
                 with self._lock:
                     self.failures.append((time.time(), str(exc)[:200]))
+
+    def counts(self) -> dict[str, int]:
+        """The answers so far by model_version (a copy, taken under the lock)."""
+        with self._lock:
+            return dict(self.versions)
 
     def stop(self) -> Load:
         self._stop.set()
