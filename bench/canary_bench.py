@@ -32,21 +32,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
-import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from clusterbench import (
     BenchError,
     Installed,
     Kube,
+    Poller,
     Results,
     Section,
     common_arguments,
     failures_summary,
     fmt_s,
     infd_ready,
+    pod_ready,
     run,
     say,
     wait,
@@ -87,66 +87,31 @@ class Sample:
 
 
 @dataclass
-class Sampler:
+class Sampler(Poller):
     """Polls status.rollout and the pods every ``interval`` seconds, with each client's answers so far."""
 
     kube: Kube
     ns: str
     clients: dict               # name -> Load
-    interval: float = 0.5
-    samples: list = field(default_factory=list)
-    errors: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> Sampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
     def poll(self) -> Sample:
         rollout = self.kube.infd(self.ns, NAME).get("status", {}).get("rollout", {})
-        selector = urllib.parse.quote(f"app.kubernetes.io/instance={NAME}")
-        pods = (self.kube.get(f"/api/v1/namespaces/{self.ns}/pods?labelSelector={selector}") or {"items": []})
         answers = {name: load.counts() for name, load in self.clients.items()}
-        return Sample(time.monotonic(), rollout, pods_by_revision(pods["items"]), answers)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sample = self.poll()
-                with self._lock:
-                    self.samples.append(sample)
-            except Exception:  # noqa: BLE001  (an API hiccup: count it, keep polling)
-                self.errors += 1
-            self._stop.wait(self.interval)
-
-    def latest(self) -> Sample | None:
-        with self._lock:
-            return self.samples[-1] if self.samples else None
+        return Sample(time.monotonic(), rollout, pods_now(self.kube, self.ns), answers)
 
     def rollout(self) -> dict:
         """status.rollout as last seen."""
         latest = self.latest()
         return latest.rollout if latest else {}
 
-    def since(self, start: float) -> list[Sample]:
-        with self._lock:
-            return [s for s in self.samples if s.t >= start]
 
-
-def pods_by_revision(pods: list[dict]) -> dict[str, tuple[int, int]]:
+def pods_now(kube: Kube, ns: str) -> dict[str, tuple[int, int]]:
+    """Revision -> (ready pods, all pods, terminating included)."""
     found: dict[str, tuple[int, int]] = {}
-    for pod in pods:
+    for pod in kube.pods(ns, NAME):
         revision = (pod["metadata"].get("labels") or {}).get("kubeinfer.io/revision", "")
-        conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
-        ready = conds.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp")
         was = found.get(revision, (0, 0))
-        found[revision] = (was[0] + int(ready), was[1] + 1)
+        found[revision] = (was[0] + int(pod_ready(pod)), was[1] + 1)
     return found
 
 
@@ -247,11 +212,6 @@ def model(installed: Installed, number: int) -> str:
     return installed.model_uri(filename)
 
 
-def pods_now(kube: Kube, ns: str) -> dict[str, tuple[int, int]]:
-    selector = urllib.parse.quote(f"app.kubernetes.io/instance={NAME}")
-    return pods_by_revision((kube.get(f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}") or {})["items"])
-
-
 def one_round(installed: Installed, sampler: Sampler, clients: dict, number: int, uri: str, args,
               res: Results) -> None:
     kube, ns = installed.kube, installed.ns
@@ -275,7 +235,7 @@ def one_round(installed: Installed, sampler: Sampler, clients: dict, number: int
     wait("the old revision's pods gone", lambda: old not in pods_now(kube, ns), timeout=120)
     t_gone = time.monotonic()
     time.sleep(1)
-    samples = sampler.since(t0)
+    samples = sampler.between(t0)
     t_progressing = first_time(samples, lambda s: s.rollout.get("canaryRevision") == new
                                and s.rollout.get("phase") == "Progressing")
     t_promoted = first_time(samples, lambda s: s.rollout.get("phase") == "Promoted"

@@ -4,6 +4,7 @@
 - ``on_the_cluster``: brings the e2e stack up when it is not (``make e2e-up``), helm-installs the chart
   with its operator on the real node watching a namespace of its own, yields them (``Installed``), and
   on the way out deletes what the bench made and stops what it started (``--keep-stack`` keeps it);
+- ``Poller``: a thread that keeps what ``poll`` returns every half second (each bench's ``Sampler``);
 - ``Results``: the rows of the table a bench prints, and ``run``: a bench's main (root, SIGTERM, the
   header, the table, its section of RESULTS.md written between its markers, the exit code).
 """
@@ -19,8 +20,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -95,6 +98,17 @@ class Kube:
     def infd(self, ns: str, name: str) -> dict:
         return self.get(f"{API}/namespaces/{ns}/inferencedeployments/{name}") or {}
 
+    def pods(self, ns: str, instance: str | None = None) -> list[dict]:
+        """The pods in ``ns`` (of one InferenceDeployment, with ``instance``)."""
+        query = "?labelSelector=" + urllib.parse.quote(f"app.kubernetes.io/instance={instance}") if instance else ""
+        return (self.get(f"/api/v1/namespaces/{ns}/pods{query}") or {}).get("items", [])
+
+
+def pod_ready(pod: dict) -> bool:
+    """Ready, and not on its way out."""
+    conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+    return conds.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp")
+
 
 def stack_state(cluster: Cluster) -> dict[str, bool]:
     workdir = cluster.workdir
@@ -123,11 +137,49 @@ def infd_ready(kube: Kube, ns: str, name: str) -> bool:
 
 
 def operator_ready(kube: Kube, ns: str) -> bool:
-    for pod in (kube.get(f"/api/v1/namespaces/{ns}/pods") or {"items": []})["items"]:
-        conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
-        if pod["spec"].get("nodeName") == NODE and conds.get("Ready") == "True":
-            return True
-    return False
+    return any(pod["spec"].get("nodeName") == NODE and pod_ready(pod) for pod in kube.pods(ns))
+
+
+@dataclass(kw_only=True)
+class Poller:
+    """Calls ``poll`` every ``interval`` seconds on its own thread and keeps what it returns (each with
+    ``.t``, its time.monotonic()); an API hiccup is counted in ``errors`` and polling goes on."""
+
+    interval: float = 0.5
+    samples: list = field(default_factory=list)
+    errors: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def poll(self):
+        raise NotImplementedError
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sample = self.poll()
+                with self._lock:
+                    self.samples.append(sample)
+            except Exception:  # noqa: BLE001  (an API hiccup: count it, keep polling)
+                self.errors += 1
+            self._stop.wait(self.interval)
+
+    def latest(self):
+        with self._lock:
+            return self.samples[-1] if self.samples else None
+
+    def between(self, start: float, end: float = float("inf")) -> list:
+        with self._lock:
+            return [s for s in self.samples if start <= s.t <= end]
 
 
 # -- the stack and the chart ------------------------------------------------------------

@@ -41,19 +41,21 @@ import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from clusterbench import (
     BenchError,
     Installed,
     Kube,
+    Poller,
     Results,
     Section,
     common_arguments,
     failures_summary,
     fmt_s,
     infd_ready,
+    pod_ready,
     run,
     say,
     wait,
@@ -98,64 +100,24 @@ class Sample:
 
 
 @dataclass
-class Sampler:
+class Sampler(Poller):
     """Polls the HPA, the Deployment and the pods every ``interval`` seconds (own thread)."""
 
     kube: Kube
     ns: str
     name: str
-    interval: float = 0.5
-    samples: list = field(default_factory=list)
-    errors: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> Sampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
     def poll(self) -> Sample:
         ns, name = self.ns, self.name
         hpa = self.kube.get(f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}") or {}
         dep = self.kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}") or {}
-        selector = urllib.parse.quote(f"app.kubernetes.io/instance={name}")
-        pods = self.kube.get(f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}") or {"items": []}
         status = hpa.get("status", {})
         metrics = status.get("currentMetrics") or [{}]
         depth = ((metrics[0] or {}).get("pods") or {}).get("current", {}).get("averageValue")
-        found = {}
-        for pod in pods["items"]:
-            if pod["metadata"].get("deletionTimestamp"):
-                ready = False
-            else:
-                conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
-                ready = conds.get("Ready") == "True"
-            found[pod["metadata"]["name"]] = (pod.get("status", {}).get("podIP"), ready)
+        found = {pod["metadata"]["name"]: (pod.get("status", {}).get("podIP"), pod_ready(pod))
+                 for pod in self.kube.pods(ns, name)}
         return Sample(time.monotonic(), status.get("desiredReplicas"), status.get("currentReplicas"), depth,
                       dep.get("spec", {}).get("replicas"), dep.get("status", {}).get("readyReplicas") or 0, found)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sample = self.poll()
-                with self._lock:
-                    self.samples.append(sample)
-            except Exception:  # noqa: BLE001  (an API hiccup: count it, keep polling)
-                self.errors += 1
-            self._stop.wait(self.interval)
-
-    def latest(self) -> Sample | None:
-        with self._lock:
-            return self.samples[-1] if self.samples else None
-
-    def between(self, start: float, end: float) -> list[Sample]:
-        with self._lock:
-            return [s for s in self.samples if start <= s.t <= end]
 
 
 def changes(samples: list[Sample], attr: str) -> list[tuple[float, object, object]]:
